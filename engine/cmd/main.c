@@ -1,0 +1,28 @@
+/* main.c — the `sluice` binary: dispatches to the subcommands of SPEC §4. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cmd/cmd.h"
+
+static void usage(FILE *to)
+{
+    fputs("usage: sluice <command> [options]\n"
+          "\n"
+          "  policy check FILE   load a policy through the sandbox, run its selftest and a\n"
+          "                      small placement; exit 0 when it is sound\n"
+          "\n"
+          "Not built yet: dev, serve, agent, drain, status, repl, sim (see SPEC §4).\n",
+          to);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "policy")) return sl_cmd_policy(argc - 1, argv + 1);
+    fprintf(stderr, "sluice: unknown or not yet built command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
