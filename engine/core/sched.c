@@ -1,0 +1,370 @@
+/* sched.c — the three schedulers, always in the order basic → drain → balance (S1).
+ *
+ * Basic places absent tasks (S2), drain moves stably working tasks off the drain target
+ * (S4), balance evens load between schedulable nodes and pauses while a drain runs and
+ * for a cooldown after it (S3). Each reads the per-node counters and lists the events keep
+ * up to date, so a round costs what it does, not the size of the cluster (S5).
+ *
+ * Every policy decision is checked here (P3): a node that is unknown or not schedulable,
+ * or a malformed answer, is refused, counted with the policy's name and message, and the
+ * built-in least-loaded policy decides that task instead. Nothing is ever placed on a
+ * node that is not Alive (L2). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core_int.h"
+
+static int ensure_scratch(sl_core_t *core, size_t n)
+{
+    if (n <= core->scratch_cap) return 0;
+    size_t cap = core->scratch_cap ? core->scratch_cap : 64;
+    while (cap < n) cap *= 2;
+    sl_place_task_t *tasks = realloc(core->scratch_tasks, cap * sizeof *tasks);
+    if (!tasks) return SL_ENOMEM;
+    core->scratch_tasks = tasks;
+    int32_t *slots = realloc(core->scratch_task_slots, cap * sizeof *slots);
+    if (!slots) return SL_ENOMEM;
+    core->scratch_task_slots = slots;
+    sl_decision_t *out = realloc(core->scratch_out, cap * sizeof *out);
+    if (!out) return SL_ENOMEM;
+    core->scratch_out = out;
+    core->scratch_cap = cap;
+    return 0;
+}
+
+/* The schedulable nodes as policies see them, in join order. Returns their number. */
+static size_t build_view(sl_core_t *core)
+{
+    size_t n = core->node_order.len;
+    if (core->view_cap < core->nodes_cap) {
+        sl_place_node_t *view = realloc(core->view, core->nodes_cap * sizeof *view);
+        if (!view) return 0;
+        core->view = view;
+        int32_t *vs = realloc(core->view_slot, core->nodes_cap * sizeof *vs);
+        if (!vs) return 0;
+        core->view_slot = vs;
+        int32_t *vi = realloc(core->view_index, core->nodes_cap * sizeof *vi);
+        if (!vi) return 0;
+        core->view_index = vi;
+        core->view_cap = core->nodes_cap;
+    }
+    core->view_len = 0;
+    for (size_t i = 0; i < n; i++) {
+        int32_t s = core->node_order.v[i];
+        sl_node_t *node = &core->nodes[s];
+        core->view_index[s] = SL_NONE;
+        if (atomic_load(&node->liveness) != SL_ALIVE) continue; /* L2 */
+        size_t k = core->view_len++;
+        core->view[k] = (sl_place_node_t){.id = node->id,
+                                          .maintainers = node->count[SL_TASK_MAINTAINER],
+                                          .dispatchers = node->count[SL_TASK_DISPATCHER],
+                                          .inflight = node->ops_to,
+                                          .labels = node->labels,
+                                          .nlabels = node->nlabels};
+        core->view_slot[k] = s;
+        core->view_index[s] = (int32_t)k;
+    }
+    return core->view_len;
+}
+
+static uint32_t view_load(const sl_place_node_t *v)
+{
+    return v->maintainers + v->dispatchers + v->inflight;
+}
+
+static void add_candidate(sl_core_t *core, size_t i, int32_t t)
+{
+    sl_task_t *task = &core->tasks[t];
+    core->scratch_task_slots[i] = t;
+    core->scratch_tasks[i] = (sl_place_task_t){
+        .id = task->id,
+        .kind = (sl_task_kind_t)task->kind,
+        .changefeed = core->changefeeds[task->changefeed],
+        .from = task->node == SL_NONE ? NULL : core->nodes[task->node].id,
+        .weight = task->weight,
+    };
+}
+
+static void refuse(sl_core_t *core, sl_policy_t *p, uint64_t n, const char *task,
+                   const char *what)
+{
+    core->stats.refusals += n;
+    if (task)
+        sl_core__refuse(core, "policy %s (%s): task %s: %s", p->name, p->file, task, what);
+    else
+        sl_core__refuse(core, "policy %s (%s): %s", p->name, p->file, what);
+}
+
+/* Acts on one accepted decision. Returns 1 if an operator started. */
+static int act(sl_core_t *core, sl_reason_t reason, int32_t t, int32_t dest)
+{
+    sl_task_t *task = &core->tasks[t];
+    int rc;
+    if (reason == SL_REASON_BASIC) {
+        rc = sl_op__create(core, SL_OP_ADD, reason, t, SL_NONE, dest);
+    } else {
+        if (dest == task->node) return 0; /* staying put is leaving it out */
+        if (reason == SL_REASON_DRAIN && sl_op__drain_in_progress(core) >= core->cfg.drain_batch_size)
+            return 0;
+        if (reason == SL_REASON_BALANCE) {
+            int32_t src = core->view_index[task->node];
+            if (src == SL_NONE ||
+                view_load(&core->view[core->view_index[dest]]) + 1 >= view_load(&core->view[src]))
+                return 0; /* a move that does not even out load is not balance */
+        }
+        rc = sl_op__create(core, SL_OP_MOVE, reason, t, task->node, dest);
+    }
+    if (rc) return 0;
+    core->view[core->view_index[dest]].inflight++; /* later decisions see this one */
+    return 1;
+}
+
+/* Resolves a node id a policy returned. Returns the node slot or SL_NONE after refusing. */
+static int32_t check_node(sl_core_t *core, sl_policy_t *p, const char *task, const char *node)
+{
+    char what[SL_ERRMSG_MAX];
+    int32_t slot;
+    sl_node_t *n = sl_core__node(core, node, &slot);
+    if (!n) {
+        snprintf(what, sizeof what, "returned node \"%.*s\", which is unknown", SL_ID_MAX, node);
+    } else if (atomic_load(&n->liveness) != SL_ALIVE || core->view_index[slot] == SL_NONE) {
+        snprintf(what, sizeof what, "returned node \"%s\", which is %s", n->id,
+                 atomic_load(&n->liveness) == SL_DRAINING ? "Draining" : "Stopping");
+    } else {
+        return slot;
+    }
+    refuse(core, p, 1, task, what);
+    return SL_NONE;
+}
+
+/* One batch of `n` candidates (in the scratch arrays) through the policy: one call (P1),
+ * every decision checked, refused ones decided by the built-in policy (P3). */
+static void place_batch(sl_core_t *core, sl_reason_t reason, size_t n)
+{
+    sl_policy_t *p = core->policy ? core->policy : core->builtin;
+    sl_place_ctx_t ctx = {.reason = reason,
+                          .drain_target = sl_core_drain_target(core),
+                          .batch_limit = (uint32_t)n,
+                          .now_ms = core->now_ms};
+    sl_place_report_t rep = {0};
+    memset(core->scratch_out, 0, n * sizeof *core->scratch_out);
+    core->stats.policy_calls++;
+    int rc = p->ops->place(p, core->scratch_tasks, n, core->view, core->view_len, &ctx,
+                           core->scratch_out, &rep);
+    /* refused[i]: the built-in policy decides task i */
+    uint8_t *refused = calloc(n, 1);
+    if (!refused) return;
+    if (rc) {
+        refuse(core, p, n, NULL, rep.message[0] ? rep.message : "place failed");
+        memset(refused, 1, n);
+    } else {
+        if (rep.unasked) refuse(core, p, rep.unasked, NULL, rep.message);
+        for (size_t i = 0; i < n; i++) {
+            const sl_decision_t *d = &core->scratch_out[i];
+            if (d->error) {
+                refuse(core, p, 1, core->scratch_tasks[i].id, d->error);
+                refused[i] = 1;
+            } else if (d->node) {
+                int32_t dest = check_node(core, p, core->scratch_tasks[i].id, d->node);
+                if (dest == SL_NONE) refused[i] = 1;
+                else act(core, reason, core->scratch_task_slots[i], dest);
+            }
+        }
+    }
+    if (p == core->builtin) goto done;
+    /* the fallback batch: compact the refused tasks to the front, in order */
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!refused[i]) continue;
+        core->scratch_tasks[m] = core->scratch_tasks[i];
+        core->scratch_task_slots[m] = core->scratch_task_slots[i];
+        m++;
+    }
+    if (!m) goto done;
+    core->stats.fallbacks += m;
+    ctx.batch_limit = (uint32_t)m;
+    memset(core->scratch_out, 0, m * sizeof *core->scratch_out);
+    if (core->builtin->ops->place(core->builtin, core->scratch_tasks, m, core->view,
+                                  core->view_len, &ctx, core->scratch_out, &rep) == 0) {
+        for (size_t i = 0; i < m; i++) {
+            const char *node = core->scratch_out[i].node;
+            int32_t dest = node ? check_node(core, core->builtin, core->scratch_tasks[i].id, node)
+                                : SL_NONE;
+            if (dest != SL_NONE) act(core, reason, core->scratch_task_slots[i], dest);
+        }
+    }
+done:
+    free(refused);
+}
+
+/* Removals wait for operator capacity like everything else (O3). */
+static void run_removals(sl_core_t *core)
+{
+    size_t keep = 0;
+    for (size_t i = 0; i < core->remove_queue.len; i++) {
+        int32_t t = core->remove_queue.v[i];
+        sl_task_t *task = &core->tasks[t];
+        if (!task->live || !task->remove_pending) continue;
+        if (task->op != SL_NONE) continue; /* its operator queues it again when it ends */
+        if (task->node == SL_NONE) {
+            sl_core__task_delete(core, t);
+            continue;
+        }
+        if (sl_op__create(core, SL_OP_REMOVE, SL_REASON_BASIC, t, task->node, SL_NONE) != 0)
+            core->remove_queue.v[keep++] = t;
+    }
+    core->remove_queue.len = keep;
+}
+
+static void basic(sl_core_t *core)
+{
+    if (!core->absent) return;
+    uint32_t room = sl_op__capacity(core);
+    if (!room) {
+        sl_core__wait(core, "%u tasks wait: %u operators in progress (max_operators)",
+                      core->absent, core->ops_in_progress);
+        return;
+    }
+    if (!build_view(core)) {
+        sl_core__wait(core, "%u tasks wait: no schedulable node", core->absent); /* S2 */
+        return;
+    }
+    size_t n = room < core->absent ? room : core->absent;
+    if (ensure_scratch(core, n)) return;
+    size_t i = 0;
+    for (int32_t t = core->absent_head; t != SL_NONE && i < n; t = core->tasks[t].next)
+        add_candidate(core, i++, t);
+    place_batch(core, SL_REASON_BASIC, i);
+}
+
+static bool drain_candidate(const sl_core_t *core, int32_t t)
+{
+    const sl_task_t *task = &core->tasks[t];
+    return task->live && task->node == core->drain_target && task->op == SL_NONE &&
+           task->state == SL_TASK_WORKING && !task->remove_pending;
+}
+
+/* With a policy that defines drain_order, the order of the whole drain is asked once (and
+ * again after a policy swap) and consumed from a queue; tasks that come back to the target
+ * join its end. Without one, the target's own list is the order. */
+static void drain_order_refresh(sl_core_t *core)
+{
+    sl_policy_t *p = core->policy ? core->policy : core->builtin;
+    core->drain_order_dirty = false;
+    for (size_t i = core->drain_cursor; i < core->drain_queue.len; i++)
+        core->tasks[core->drain_queue.v[i]].drain_queued = false;
+    core->drain_queue.len = core->drain_cursor = 0;
+    if (!p->ops->drain_order) return;
+    sl_node_t *target = &core->nodes[core->drain_target];
+    size_t n = target->count[0] + target->count[1], k = 0;
+    if (!n || ensure_scratch(core, n)) return;
+    for (int32_t t = target->head; t != SL_NONE; t = core->tasks[t].next)
+        if (drain_candidate(core, t)) add_candidate(core, k++, t);
+    uint32_t *order = malloc((k ? k : 1) * sizeof *order);
+    uint8_t *taken = calloc(k ? k : 1, 1);
+    if (!order || !taken) goto done;
+    size_t norder = 0;
+    sl_place_report_t rep = {0};
+    sl_place_ctx_t ctx = {.reason = SL_REASON_DRAIN,
+                          .drain_target = target->id,
+                          .batch_limit = core->cfg.drain_batch_size,
+                          .now_ms = core->now_ms};
+    core->stats.policy_calls++;
+    if (p->ops->drain_order(p, core->scratch_tasks, k, &ctx, order, &norder, &rep) != 0) {
+        refuse(core, p, 1, NULL, rep.message[0] ? rep.message : "drain_order failed");
+        norder = 0;
+    }
+    for (size_t i = 0; i < norder && i < k; i++) {
+        if (order[i] >= k || taken[order[i]]) continue; /* the host checks; the core trusts no one */
+        taken[order[i]] = 1;
+        if (sl_ivec_push(&core->drain_queue, core->scratch_task_slots[order[i]]) == 0)
+            core->tasks[core->scratch_task_slots[order[i]]].drain_queued = true;
+    }
+    for (size_t i = 0; i < k; i++)
+        if (!taken[i] && sl_ivec_push(&core->drain_queue, core->scratch_task_slots[i]) == 0)
+            core->tasks[core->scratch_task_slots[i]].drain_queued = true;
+done:
+    free(order);
+    free(taken);
+}
+
+static void drain(sl_core_t *core)
+{
+    if (core->drain_target == SL_NONE) return;
+    sl_node_t *target = &core->nodes[core->drain_target];
+    if (atomic_load(&target->liveness) != SL_DRAINING) return;
+    if (core->drain_order_dirty) drain_order_refresh(core);
+    uint32_t busy = sl_op__drain_in_progress(core), cap = sl_op__capacity(core);
+    uint32_t room = core->cfg.drain_batch_size > busy ? core->cfg.drain_batch_size - busy : 0;
+    if (cap < room) room = cap;
+    if (!room || target->head == SL_NONE) return;
+    if (!build_view(core)) {
+        sl_core__wait(core, "drain of %s blocked: no schedulable destination", target->id); /* D10 */
+        return;
+    }
+    if (ensure_scratch(core, room)) return;
+    size_t n = 0;
+    sl_policy_t *p = core->policy ? core->policy : core->builtin;
+    if (p->ops->drain_order) {
+        /* consume the queue head: entries that left the target or already move are done */
+        while (core->drain_cursor < core->drain_queue.len) {
+            int32_t t = core->drain_queue.v[core->drain_cursor];
+            if (drain_candidate(core, t)) break;
+            core->tasks[t].drain_queued = false;
+            core->drain_cursor++;
+        }
+        for (size_t i = core->drain_cursor; i < core->drain_queue.len && n < room; i++)
+            if (drain_candidate(core, core->drain_queue.v[i]))
+                add_candidate(core, n++, core->drain_queue.v[i]);
+        if (core->drain_cursor == core->drain_queue.len) core->drain_queue.len = core->drain_cursor = 0;
+    } else {
+        /* tasks that already move sit at most drain_batch_size deep: the walk is O(batch) */
+        for (int32_t t = target->head; t != SL_NONE && n < room; t = core->tasks[t].next)
+            if (drain_candidate(core, t)) add_candidate(core, n++, t);
+    }
+    if (n) place_batch(core, SL_REASON_DRAIN, n);
+}
+
+static void balance(sl_core_t *core)
+{
+    if (core->drain_target != SL_NONE) return; /* S3: paused during a drain */
+    if (core->drain_ended && core->now_ms < core->drain_ended_ms + core->cfg.balance_cooldown_ms)
+        return; /* S3: and for a cooldown after it */
+    if (core->balanced_once && core->now_ms < core->last_balance_ms + core->cfg.balance_interval_ms)
+        return;
+    core->balanced_once = true;
+    core->last_balance_ms = core->now_ms;
+    uint32_t room = sl_op__capacity(core);
+    size_t nv = build_view(core);
+    if (!room || nv < 2) return; /* S3: nothing to even out with fewer than two nodes */
+    uint64_t total = 0;
+    for (size_t k = 0; k < nv; k++) total += view_load(&core->view[k]);
+    uint64_t fair = (total + nv - 1) / nv;
+    if (ensure_scratch(core, room)) return;
+    size_t n = 0;
+    for (size_t k = 0; k < nv && n < room; k++) {
+        uint32_t load = view_load(&core->view[k]);
+        if (load <= fair + core->cfg.balance_tolerance) continue;
+        uint32_t surplus = load - (uint32_t)fair;
+        sl_node_t *node = &core->nodes[core->view_slot[k]];
+        for (int32_t t = node->head; t != SL_NONE && surplus && n < room; t = core->tasks[t].next) {
+            sl_task_t *task = &core->tasks[t];
+            if (task->op != SL_NONE || task->state != SL_TASK_WORKING || task->remove_pending)
+                continue;
+            add_candidate(core, n++, t);
+            surplus--;
+        }
+    }
+    if (n) place_batch(core, SL_REASON_BALANCE, n);
+}
+
+void sl_sched__round(sl_core_t *core)
+{
+    core->stats.rounds++;
+    core->waiting[0] = 0;
+    run_removals(core);
+    basic(core);
+    drain(core);
+    balance(core);
+}
