@@ -730,9 +730,6 @@ int sl_core_check(sl_core_t *core, char *why, size_t whylen)
         if (core->drain_target != SL_NONE &&
             (op->from == core->drain_target || op->to == core->drain_target))
             drain_ops++;
-        if (op->to != SL_NONE && op->to == core->drain_target && op->type != SL_OP_REMOVE)
-            BROKEN("operator %llu moves task %s onto the drain target (L2)",
-                   (unsigned long long)op->id, core->tasks[op->task].id);
     }
     if (ntasks != core->ntasks) BROKEN("task count %zu, recount %u", core->ntasks, ntasks);
     if (absent != core->absent) BROKEN("absent count %u, recount %u", core->absent, absent);
