@@ -727,7 +727,9 @@ int sl_core_check(sl_core_t *core, char *why, size_t whylen)
             BROKEN("operator %llu is not its task's operator (O1)", (unsigned long long)op->id);
         if (op->from != SL_NONE) count[op->from * 4 + 2]++;
         if (op->to != SL_NONE) count[op->to * 4 + 3]++;
-        if (core->drain_target != SL_NONE &&
+        /* operators that involved the node before it became the target count against the
+         * batch too (the scheduler waits for them), but only drain moves are its own */
+        if (core->drain_target != SL_NONE && op->reason == SL_REASON_DRAIN &&
             (op->from == core->drain_target || op->to == core->drain_target))
             drain_ops++;
     }
