@@ -577,8 +577,9 @@ int sl_core_report(sl_core_t *core, const char *node, const char *task, sl_repor
     if (now_ms > core->now_ms) core->now_ms = now_ms;
     int32_t t = sl_map_get(&core->task_map, task ? task : "");
     if (t < 0) return SL_ENOENT;
-    sl_op__on_report(core, n, t, state);
-    sl_sched__round(core); /* S4: a finished operator frees capacity now, not at the next tick */
+    /* S4: a finished operator frees capacity now, not at the next tick; a report that
+     * changes nothing (a heartbeat, a bootstrap report) costs no round */
+    if (sl_op__on_report(core, n, t, state)) sl_sched__round(core);
     return 0;
 }
 

@@ -164,7 +164,7 @@ void sl_core__wait(sl_core_t *core, const char *fmt, ...) __attribute__((format(
 /* operator.c */
 int sl_op__create(sl_core_t *core, sl_op_type_t type, sl_reason_t reason, int32_t task,
                   int32_t from, int32_t to);
-void sl_op__on_report(sl_core_t *core, int32_t node, int32_t task, sl_report_t state);
+bool sl_op__on_report(sl_core_t *core, int32_t node, int32_t task, sl_report_t state);
 void sl_op__on_node_leave(sl_core_t *core, int32_t node);
 void sl_op__timeouts(sl_core_t *core);
 uint32_t sl_op__drain_in_progress(const sl_core_t *core);

@@ -154,8 +154,10 @@ static void move_to_start_step(sl_core_t *core, sl_op_t *op)
     send_step(core, op);
 }
 
-void sl_op__on_report(sl_core_t *core, int32_t node, int32_t t, sl_report_t state)
+bool sl_op__on_report(sl_core_t *core, int32_t node, int32_t t, sl_report_t state)
 {
+    uint64_t ended = core->stats.ops_finished + core->stats.ops_abandoned;
+    uint32_t absent = core->absent;
     sl_task_t *task = &core->tasks[t];
     bool working = state == SL_REPORT_WORKING;
     if (task->op == SL_NONE) {
@@ -168,7 +170,7 @@ void sl_op__on_report(sl_core_t *core, int32_t node, int32_t t, sl_report_t stat
         } else if (working) {
             sl_core__emit(core, SL_MSG_STOP, node, t, 0); /* a second copy: never two owners */
         }
-        return;
+        return core->absent > absent;
     }
     int32_t o = task->op;
     sl_op_t *op = &core->ops[o];
@@ -197,6 +199,8 @@ void sl_op__on_report(sl_core_t *core, int32_t node, int32_t t, sl_report_t stat
         else if (working && node != op->from) sl_core__emit(core, SL_MSG_STOP, node, t, 0);
         break;
     }
+    /* capacity was freed or a task needs a place: the caller runs a round */
+    return core->stats.ops_finished + core->stats.ops_abandoned != ended || core->absent > absent;
 }
 
 void sl_op__on_node_leave(sl_core_t *core, int32_t node)
