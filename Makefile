@@ -106,7 +106,14 @@ test: deps
 	@$(MAKE) --no-print-directory build asan $(CTESTS)
 	@scripts/run-tests.sh $(CTESTS)
 
+BENCHES := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
+
+$(B)/bench/%: bench/%.c $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) $(OPT_CFLAGS) $(PKG_CFLAGS) -o $@ $< $(LIB_OBJ) $(PKG_LIBS) -lm -lpthread
+
 bench: all
+	@$(MAKE) --no-print-directory $(BENCHES)
 	@scripts/bench.sh
 
 format:
