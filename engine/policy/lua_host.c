@@ -1,0 +1,805 @@
+/* lua_host.c — the Lua 5.4 policy host behind `struct sl_policy_ops` (P1–P3).
+ *
+ * Guarantees:
+ *  - P1: a policy file is a text chunk returning {name=, place=, [drain_order=],
+ *    [selftest=]}; the contract is checked and selftest must return true before a policy
+ *    exists. `place` is called once per batch with the whole batch.
+ *  - P2: each policy runs in its own sandbox (sandbox.c): memory cap, time and
+ *    instruction budget per call (load and selftest get the load budget), whitelisted
+ *    environment. Everything that touches the state runs under lua_pcall, so a memory
+ *    error while building the arguments is an error too, never a panic.
+ *  - P3 (the policy's half): the answer is checked for shape: not a table fails the call;
+ *    a value that is not a string becomes a per-task error; an answer for a task that was
+ *    not asked for is counted in report->unasked. Node ids are checked by the core.
+ *  - drain_order: the answer must be an array of distinct task ids of the batch; any
+ *    other entry fails the call (SL_EPOLICY) and the core keeps its default order.
+ *  - every message names the policy, its file, and the line when Lua gives one.
+ */
+#include <errno.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "policy.h"
+#include "sandbox.h"
+
+#define HOST_FILE_MAX (16u << 20) /* a policy file larger than this is refused */
+
+/* Strings handed back to the core live in blocks that never move until the next call. */
+typedef struct arena_block {
+    struct arena_block *next;
+    size_t used, cap;
+    char data[];
+} arena_block_t;
+
+typedef struct {
+    sl_policy_t base;
+    sl_sandbox_t sb;
+    int ref_place;
+    int ref_drain;
+    uint32_t call_budget_ms;
+    uint32_t load_budget_ms;
+    arena_block_t *arena;
+    uint32_t *slots; /* open addressing: task index + 1, 0 = empty */
+    size_t nslots;
+} lua_policy_t;
+
+typedef struct {
+    lua_policy_t *lp;
+    const sl_place_task_t *tasks;
+    size_t ntasks;
+    const sl_place_node_t *nodes;
+    size_t nnodes;
+    const sl_place_ctx_t *ctx;
+    sl_decision_t *out;
+    uint32_t *order;
+    size_t *norder;
+    sl_place_report_t *report;
+    char err[SL_ERRMSG_MAX]; /* a shape error found by C, without a Lua error */
+    int oom;
+} call_t;
+
+/* ---- small helpers ------------------------------------------------------------------- */
+
+static void arena_reset(lua_policy_t *lp)
+{
+    arena_block_t *b = lp->arena;
+    while (b != NULL) {
+        arena_block_t *next = b->next;
+        free(b);
+        b = next;
+    }
+    lp->arena = NULL;
+}
+
+static const char *arena_copy(lua_policy_t *lp, const char *s, size_t len)
+{
+    arena_block_t *b = lp->arena;
+    if (b == NULL || b->cap - b->used < len + 1) {
+        size_t cap = len + 1 > 65536 ? len + 1 : 65536;
+        b = malloc(sizeof *b + cap);
+        if (b == NULL)
+            return NULL;
+        b->next = lp->arena;
+        b->used = 0;
+        b->cap = cap;
+        lp->arena = b;
+    }
+    char *dst = b->data + b->used;
+    memcpy(dst, s, len);
+    dst[len] = '\0';
+    b->used += len + 1;
+    return dst;
+}
+
+/* A printable, bounded rendering of an id that came from the policy. */
+static void quote_id(char *dst, size_t dstlen, const char *s, size_t len)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < len && k + 4 < dstlen; i++) {
+        unsigned char c = (unsigned char)s[i];
+        dst[k++] = c < 0x20 || c == 0x7f || c == '"' ? '?' : (char)c;
+    }
+    if (len > 0 && k + 4 >= dstlen && k >= 3)
+        memcpy(dst + k - 3, "...", 3);
+    dst[k] = '\0';
+}
+
+static uint64_t hash_bytes(const char *s, size_t len)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static int index_tasks(lua_policy_t *lp, const sl_place_task_t *tasks, size_t ntasks)
+{
+    size_t want = 16;
+    while (want < ntasks * 2)
+        want *= 2;
+    if (want > lp->nslots) {
+        uint32_t *slots = realloc(lp->slots, want * sizeof *slots);
+        if (slots == NULL)
+            return SL_ENOMEM;
+        lp->slots = slots;
+        lp->nslots = want;
+    }
+    memset(lp->slots, 0, lp->nslots * sizeof *lp->slots);
+    size_t mask = lp->nslots - 1;
+    for (size_t i = 0; i < ntasks; i++) {
+        const char *id = tasks[i].id;
+        size_t len = strlen(id);
+        size_t h = (size_t)hash_bytes(id, len) & mask;
+        while (lp->slots[h] != 0) {
+            if (strcmp(tasks[lp->slots[h] - 1].id, id) == 0)
+                break; /* duplicate id: the first one answers for both */
+            h = (h + 1) & mask;
+        }
+        if (lp->slots[h] == 0)
+            lp->slots[h] = (uint32_t)(i + 1);
+    }
+    return 0;
+}
+
+/* Index of the task with this id, or -1. */
+static long find_task(const lua_policy_t *lp, const sl_place_task_t *tasks, const char *s,
+                      size_t len)
+{
+    size_t mask = lp->nslots - 1;
+    size_t h = (size_t)hash_bytes(s, len) & mask;
+    while (lp->slots[h] != 0) {
+        const char *id = tasks[lp->slots[h] - 1].id;
+        if (strncmp(id, s, len) == 0 && id[len] == '\0')
+            return (long)lp->slots[h] - 1;
+        h = (h + 1) & mask;
+    }
+    return -1;
+}
+
+/* Turns a Lua message "src:LINE: text" into "policy <name> (<file>:LINE): text", or
+ * "policy <name> (<file>): text" when it carries no position. Before the policy has a
+ * name (name NULL, while loading): "policy <file>:LINE: text" / "policy <file>: text". */
+static void format_error(char *dst, size_t dstlen, const char *name, const char *file,
+                         const char *msg)
+{
+    const char *p = msg;
+    const char *nl = strchr(msg, '\n');
+    for (; *p != '\0' && (nl == NULL || p < nl) && p - msg < 120; p++) {
+        if (p[0] != ':' || p[1] < '0' || p[1] > '9')
+            continue;
+        const char *q = p + 1;
+        long line = 0;
+        while (*q >= '0' && *q <= '9' && line < 100000000)
+            line = line * 10 + (*q++ - '0');
+        if (*q == ':') {
+            q++;
+            if (*q == ' ')
+                q++;
+            if (name != NULL)
+                snprintf(dst, dstlen, "policy %s (%s:%ld): %s", name, file, line, q);
+            else
+                snprintf(dst, dstlen, "policy %s:%ld: %s", file, line, q);
+            return;
+        }
+    }
+    if (name != NULL)
+        snprintf(dst, dstlen, "policy %s (%s): %s", name, file, msg);
+    else
+        snprintf(dst, dstlen, "policy %s: %s", file, msg);
+}
+
+/* The message of a failed lua_pcall, and pops it. */
+static void pcall_message(lua_policy_t *lp, int status, char *dst, size_t dstlen,
+                          const char *name)
+{
+    lua_State *L = lp->sb.L;
+    const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    char buf[SL_ERRMSG_MAX];
+    if (status == LUA_ERRMEM || (status == LUA_ERRERR && lp->sb.mem_refused)) {
+        snprintf(buf, sizeof buf, "not enough memory: over the cap of %zu bytes", lp->sb.mem_cap);
+        msg = buf;
+    } else if (msg == NULL) {
+        msg = "unknown error";
+    }
+    format_error(dst, dstlen, name, lp->base.file, msg);
+    lua_pop(L, 1);
+}
+
+/* Runs fn(call) protected, with the traceback handler. */
+static int host_run(lua_policy_t *lp, lua_CFunction fn, call_t *call)
+{
+    lua_State *L = lp->sb.L;
+    lua_settop(L, 0);
+    lua_pushcfunction(L, sl_policy_sandbox_msghandler);
+    lua_pushcfunction(L, fn);
+    lua_pushlightuserdata(L, call);
+    int status = lua_pcall(L, 1, 0, 1);
+    sl_policy_sandbox_disarm(&lp->sb);
+    return status;
+}
+
+/* ---- arguments (P1) ---------------------------------------------------------------- */
+
+enum { K_ID = 1, K_KIND, K_CHANGEFEED, K_FROM, K_WEIGHT, K_MAINTAINER, K_DISPATCHER,
+       K_MAINTAINERS, K_DISPATCHERS, K_INFLIGHT, K_LABELS, K_COUNT };
+
+static void push_keys(lua_State *L)
+{
+    static const char *const keys[K_COUNT] = {
+        NULL, "id", "kind", "changefeed", "from", "weight", "maintainer", "dispatcher",
+        "maintainers", "dispatchers", "inflight", "labels",
+    };
+    luaL_checkstack(L, K_COUNT + 16, "policy arguments");
+    for (int k = 1; k < K_COUNT; k++)
+        lua_pushstring(L, keys[k]);
+}
+
+/* Keys are at stack slots base+K_*-1. */
+static void set_str(lua_State *L, int base, int key, int tbl, const char *v)
+{
+    lua_pushvalue(L, base + key - 1);
+    lua_pushstring(L, v);
+    lua_rawset(L, tbl);
+}
+
+static void set_int(lua_State *L, int base, int key, int tbl, lua_Integer v)
+{
+    lua_pushvalue(L, base + key - 1);
+    lua_pushinteger(L, v);
+    lua_rawset(L, tbl);
+}
+
+static void push_tasks(lua_State *L, int base, const sl_place_task_t *tasks, size_t ntasks)
+{
+    lua_createtable(L, ntasks > INT32_MAX ? INT32_MAX : (int)ntasks, 0);
+    int arr = lua_gettop(L);
+    for (size_t i = 0; i < ntasks; i++) {
+        const sl_place_task_t *t = &tasks[i];
+        lua_createtable(L, 0, 5);
+        int tt = lua_gettop(L);
+        set_str(L, base, K_ID, tt, t->id);
+        lua_pushvalue(L, base + K_KIND - 1);
+        lua_pushvalue(L, base + (t->kind == SL_TASK_DISPATCHER ? K_DISPATCHER : K_MAINTAINER) - 1);
+        lua_rawset(L, tt);
+        set_str(L, base, K_CHANGEFEED, tt, t->changefeed != NULL ? t->changefeed : t->id);
+        if (t->from != NULL)
+            set_str(L, base, K_FROM, tt, t->from);
+        set_int(L, base, K_WEIGHT, tt, t->weight);
+        lua_rawseti(L, arr, (lua_Integer)i + 1);
+    }
+}
+
+static void push_nodes(lua_State *L, int base, const sl_place_node_t *nodes, size_t nnodes)
+{
+    lua_createtable(L, nnodes > INT32_MAX ? INT32_MAX : (int)nnodes, 0);
+    int arr = lua_gettop(L);
+    for (size_t i = 0; i < nnodes; i++) {
+        const sl_place_node_t *n = &nodes[i];
+        lua_createtable(L, 0, 5);
+        int nt = lua_gettop(L);
+        set_str(L, base, K_ID, nt, n->id);
+        set_int(L, base, K_MAINTAINERS, nt, n->maintainers);
+        set_int(L, base, K_DISPATCHERS, nt, n->dispatchers);
+        set_int(L, base, K_INFLIGHT, nt, n->inflight);
+        lua_pushvalue(L, base + K_LABELS - 1);
+        lua_createtable(L, 0, n->nlabels > 64 ? 64 : (int)n->nlabels);
+        for (size_t k = 0; k < n->nlabels; k++) {
+            if (n->labels[k].key == NULL || n->labels[k].value == NULL)
+                continue;
+            lua_pushstring(L, n->labels[k].value);
+            lua_setfield(L, -2, n->labels[k].key);
+        }
+        lua_rawset(L, nt);
+        lua_rawseti(L, arr, (lua_Integer)i + 1);
+    }
+}
+
+static void push_ctx(lua_State *L, const sl_place_ctx_t *ctx)
+{
+    static const char *const reasons[] = {"basic", "drain", "balance"};
+    lua_createtable(L, 0, 4);
+    if (ctx == NULL)
+        return;
+    lua_pushstring(L, (unsigned)ctx->reason < 3 ? reasons[ctx->reason] : "basic");
+    lua_setfield(L, -2, "reason");
+    if (ctx->drain_target != NULL) {
+        lua_pushstring(L, ctx->drain_target);
+        lua_setfield(L, -2, "drain_target");
+    }
+    lua_pushinteger(L, ctx->batch_limit);
+    lua_setfield(L, -2, "batch_limit");
+    lua_pushinteger(L, (lua_Integer)(ctx->now_ms > (uint64_t)LUA_MAXINTEGER ? (uint64_t)LUA_MAXINTEGER
+                                                                            : ctx->now_ms));
+    lua_setfield(L, -2, "now_ms");
+}
+
+/* ---- place ---------------------------------------------------------------------------- */
+
+static void note_unasked(call_t *c, const char *what)
+{
+    c->report->unasked++;
+    if (c->report->unasked == 1) {
+        char msg[SL_ERRMSG_MAX];
+        snprintf(msg, sizeof msg, "place answered %s, which was not asked for", what);
+        format_error(c->report->message, sizeof c->report->message, c->lp->base.name,
+                     c->lp->base.file, msg);
+    }
+}
+
+static void decide(call_t *c, size_t i, lua_State *L)
+{
+    lua_policy_t *lp = c->lp;
+    int vt = lua_type(L, -1);
+    char id[SL_ID_MAX + 8];
+    quote_id(id, sizeof id, c->tasks[i].id, strlen(c->tasks[i].id));
+    if (vt == LUA_TSTRING) {
+        size_t len;
+        const char *s = lua_tolstring(L, -1, &len);
+        if (len < SL_ID_MAX && strlen(s) == len) {
+            c->out[i].node = arena_copy(lp, s, len);
+            if (c->out[i].node == NULL)
+                c->oom = 1;
+            return;
+        }
+        char msg[SL_ERRMSG_MAX];
+        snprintf(msg, sizeof msg, "task \"%s\": node id of %zu bytes is not a node id", id, len);
+        c->out[i].error = arena_copy(lp, msg, strlen(msg));
+    } else {
+        char msg[SL_ERRMSG_MAX];
+        snprintf(msg, sizeof msg, "task \"%s\": expected a node id (string), got %s", id,
+                 lua_typename(L, vt));
+        c->out[i].error = arena_copy(lp, msg, strlen(msg));
+    }
+    if (c->out[i].error == NULL)
+        c->oom = 1;
+}
+
+static int place_protected(lua_State *L)
+{
+    call_t *c = lua_touserdata(L, 1);
+    lua_policy_t *lp = c->lp;
+    lua_settop(L, 0);
+    push_keys(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lp->ref_place);
+    int fn = lua_gettop(L);
+    push_tasks(L, 1, c->tasks, c->ntasks);
+    push_nodes(L, 1, c->nodes, c->nnodes);
+    push_ctx(L, c->ctx);
+    sl_policy_sandbox_arm(&lp->sb, "place", lp->call_budget_ms);
+    lua_call(L, 3, 1);
+    sl_policy_sandbox_disarm(&lp->sb);
+    (void)fn;
+
+    int rt = lua_type(L, -1);
+    if (rt != LUA_TTABLE) {
+        snprintf(c->err, sizeof c->err, "place returned %s, expected a table",
+                 lua_typename(L, rt));
+        return 0;
+    }
+    int res = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, res) != 0) {
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            size_t len;
+            const char *key = lua_tolstring(L, -2, &len);
+            long i = find_task(lp, c->tasks, key, len);
+            if (i >= 0 && c->out[i].node == NULL && c->out[i].error == NULL) {
+                decide(c, (size_t)i, L);
+            } else if (i < 0) {
+                char id[SL_ID_MAX + 8], what[SL_ID_MAX + 32];
+                quote_id(id, sizeof id, key, len);
+                snprintf(what, sizeof what, "for task \"%s\"", id);
+                note_unasked(c, what);
+            }
+        } else {
+            char what[64];
+            snprintf(what, sizeof what, "under a key of type %s", luaL_typename(L, -2));
+            note_unasked(c, what);
+        }
+        lua_pop(L, 1);
+        if (c->oom)
+            break;
+    }
+    return 0;
+}
+
+static int lua_place(sl_policy_t *p, const sl_place_task_t *tasks, size_t ntasks,
+                     const sl_place_node_t *nodes, size_t nnodes, const sl_place_ctx_t *ctx,
+                     sl_decision_t *out, sl_place_report_t *report)
+{
+    lua_policy_t *lp = (lua_policy_t *)p;
+    const char *prefix = p->name;
+    report->unasked = 0;
+    report->message[0] = '\0';
+    for (size_t i = 0; i < ntasks; i++) {
+        out[i].node = NULL;
+        out[i].error = NULL;
+    }
+    arena_reset(lp);
+    if (ntasks > UINT32_MAX - 1 || index_tasks(lp, tasks, ntasks) != 0) {
+        format_error(report->message, sizeof report->message, prefix, p->file,
+                     "out of memory indexing the batch");
+        return SL_EPOLICY;
+    }
+    call_t c = {.lp = lp, .tasks = tasks, .ntasks = ntasks, .nodes = nodes, .nnodes = nnodes,
+                .ctx = ctx, .out = out, .report = report};
+    int status = host_run(lp, place_protected, &c);
+    if (status != LUA_OK) {
+        pcall_message(lp, status, report->message, sizeof report->message, prefix);
+        goto fail;
+    }
+    lua_settop(lp->sb.L, 0);
+    if (c.err[0] != '\0') {
+        format_error(report->message, sizeof report->message, prefix, p->file, c.err);
+        goto fail;
+    }
+    if (c.oom) {
+        format_error(report->message, sizeof report->message, prefix, p->file,
+                     "out of memory copying the decisions");
+        goto fail;
+    }
+    return 0;
+fail:
+    for (size_t i = 0; i < ntasks; i++) {
+        out[i].node = NULL;
+        out[i].error = NULL;
+    }
+    return SL_EPOLICY;
+}
+
+/* ---- drain_order ------------------------------------------------------------------- */
+
+static int drain_protected(lua_State *L)
+{
+    call_t *c = lua_touserdata(L, 1);
+    lua_policy_t *lp = c->lp;
+    lua_settop(L, 0);
+    push_keys(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lp->ref_drain);
+    push_tasks(L, 1, c->tasks, c->ntasks);
+    push_ctx(L, c->ctx);
+    sl_policy_sandbox_arm(&lp->sb, "drain_order", lp->call_budget_ms);
+    lua_call(L, 2, 1);
+    sl_policy_sandbox_disarm(&lp->sb);
+
+    int rt = lua_type(L, -1);
+    if (rt != LUA_TTABLE) {
+        snprintf(c->err, sizeof c->err, "drain_order returned %s, expected an array of task ids",
+                 lua_typename(L, rt));
+        return 0;
+    }
+    int res = lua_gettop(L);
+    lua_Unsigned n = lua_rawlen(L, res);
+    /* seen[] marks listed tasks; a userdata so a Lua error cannot leak it */
+    unsigned char *seen = lua_newuserdatauv(L, c->ntasks > 0 ? c->ntasks : 1, 0);
+    memset(seen, 0, c->ntasks > 0 ? c->ntasks : 1);
+    size_t count = 0;
+    for (lua_Unsigned k = 1; k <= n; k++) {
+        int vt = lua_rawgeti(L, res, (lua_Integer)k);
+        if (vt != LUA_TSTRING) {
+            snprintf(c->err, sizeof c->err,
+                     "drain_order returned %s at position %llu, expected a task id",
+                     lua_typename(L, vt), (unsigned long long)k);
+            return 0;
+        }
+        size_t len;
+        const char *s = lua_tolstring(L, -1, &len);
+        long i = find_task(lp, c->tasks, s, len);
+        char id[SL_ID_MAX + 8];
+        quote_id(id, sizeof id, s, len);
+        if (i < 0) {
+            snprintf(c->err, sizeof c->err,
+                     "drain_order returned \"%s\" at position %llu, which is not a task of "
+                     "the batch", id, (unsigned long long)k);
+            return 0;
+        }
+        if (seen[i]) {
+            snprintf(c->err, sizeof c->err,
+                     "drain_order returned \"%s\" twice (again at position %llu)", id,
+                     (unsigned long long)k);
+            return 0;
+        }
+        seen[i] = 1;
+        c->order[count++] = (uint32_t)i;
+        lua_pop(L, 1);
+    }
+    *c->norder = count;
+    return 0;
+}
+
+static int lua_drain_order(sl_policy_t *p, const sl_place_task_t *tasks, size_t ntasks,
+                           const sl_place_ctx_t *ctx, uint32_t *order, size_t *norder,
+                           sl_place_report_t *report)
+{
+    lua_policy_t *lp = (lua_policy_t *)p;
+    const char *prefix = p->name;
+    report->unasked = 0;
+    report->message[0] = '\0';
+    *norder = 0;
+    if (ntasks > UINT32_MAX - 1 || index_tasks(lp, tasks, ntasks) != 0) {
+        format_error(report->message, sizeof report->message, prefix, p->file,
+                     "out of memory indexing the batch");
+        return SL_EPOLICY;
+    }
+    call_t c = {.lp = lp, .tasks = tasks, .ntasks = ntasks, .ctx = ctx, .order = order,
+                .norder = norder, .report = report};
+    int status = host_run(lp, drain_protected, &c);
+    if (status != LUA_OK) {
+        pcall_message(lp, status, report->message, sizeof report->message, prefix);
+        goto fail;
+    }
+    lua_settop(lp->sb.L, 0);
+    if (c.err[0] != '\0') {
+        format_error(report->message, sizeof report->message, prefix, p->file, c.err);
+        goto fail;
+    }
+    return 0;
+fail:
+    *norder = 0;
+    return SL_EPOLICY;
+}
+
+/* ---- lifetime ------------------------------------------------------------------------ */
+
+static void lua_destroy(sl_policy_t *p)
+{
+    lua_policy_t *lp = (lua_policy_t *)p;
+    sl_policy_sandbox_close(&lp->sb);
+    arena_reset(lp);
+    free(lp->slots);
+    free(lp);
+}
+
+static const struct sl_policy_ops lua_ops = {
+    .place = lua_place,
+    .drain_order = lua_drain_order,
+    .destroy = lua_destroy,
+};
+
+/* Without drain_order: the core skips Lua entirely for the drain order. */
+static const struct sl_policy_ops lua_ops_no_drain = {
+    .place = lua_place,
+    .drain_order = NULL,
+    .destroy = lua_destroy,
+};
+
+typedef struct {
+    lua_policy_t *lp;
+    const char *src;
+    size_t len;
+    const char *chunkname;
+    int has_selftest;
+    char err[SL_ERRMSG_MAX];
+} load_t;
+
+static int optional_function(lua_State *L, int tbl, const char *field, load_t *ld)
+{
+    lua_pushstring(L, field);
+    int t = lua_rawget(L, tbl);
+    if (t == LUA_TNIL) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (t != LUA_TFUNCTION) {
+        snprintf(ld->err, sizeof ld->err, "`%s` must be a function, got %s", field,
+                 lua_typename(L, t));
+        lua_pop(L, 1);
+        return -1;
+    }
+    return 1; /* left on the stack */
+}
+
+static int load_protected(lua_State *L)
+{
+    load_t *ld = lua_touserdata(L, 1);
+    lua_policy_t *lp = ld->lp;
+    lua_settop(L, 0);
+    int status = luaL_loadbufferx(L, ld->src, ld->len, ld->chunkname, "t");
+    if (status != LUA_OK) {
+        if (status == LUA_ERRMEM)
+            return lua_error(L);
+        snprintf(ld->err, sizeof ld->err, "%s",
+                 lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "cannot load the chunk");
+        return 0;
+    }
+    sl_policy_sandbox_arm(&lp->sb, "load", lp->load_budget_ms);
+    lua_call(L, 0, 1);
+    sl_policy_sandbox_disarm(&lp->sb);
+    int rt = lua_type(L, 1);
+    if (rt != LUA_TTABLE) {
+        snprintf(ld->err, sizeof ld->err,
+                 "the chunk returned %s, expected a table {name=, place=, ...}",
+                 lua_typename(L, rt));
+        return 0;
+    }
+    /* The contract is read raw: no policy code runs while it is checked. */
+    lua_pushliteral(L, "name");
+    int nt = lua_rawget(L, 1);
+    size_t nlen = 0;
+    const char *name = nt == LUA_TSTRING ? lua_tolstring(L, -1, &nlen) : NULL;
+    if (name == NULL || nlen == 0 || nlen >= SL_ID_MAX || strlen(name) != nlen) {
+        if (nt != LUA_TSTRING)
+            snprintf(ld->err, sizeof ld->err, "`name` must be a string, got %s",
+                     lua_typename(L, nt));
+        else
+            snprintf(ld->err, sizeof ld->err,
+                     "`name` must be a non-empty string of at most %d bytes", SL_ID_MAX - 1);
+        return 0;
+    }
+    for (size_t i = 0; i < nlen; i++) {
+        unsigned char ch = (unsigned char)name[i];
+        if (ch < 0x20 || ch == 0x7f) {
+            snprintf(ld->err, sizeof ld->err, "`name` must not hold control characters");
+            return 0;
+        }
+    }
+    memcpy(lp->base.name, name, nlen + 1);
+    snprintf(lp->sb.label, sizeof lp->sb.label, "%s", name);
+    lua_pop(L, 1);
+
+    lua_pushliteral(L, "place");
+    int pt = lua_rawget(L, 1);
+    if (pt != LUA_TFUNCTION) {
+        snprintf(ld->err, sizeof ld->err, "`place` must be a function, got %s",
+                 lua_typename(L, pt));
+        return 0;
+    }
+    lp->ref_place = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    int d = optional_function(L, 1, "drain_order", ld);
+    if (d < 0)
+        return 0;
+    if (d > 0)
+        lp->ref_drain = luaL_ref(L, LUA_REGISTRYINDEX);
+    int s = optional_function(L, 1, "selftest", ld);
+    if (s <= 0)
+        return 0;
+    ld->has_selftest = 1;
+    sl_policy_sandbox_arm(&lp->sb, "selftest", lp->load_budget_ms);
+    lua_call(L, 0, 2);
+    sl_policy_sandbox_disarm(&lp->sb);
+    if (lua_type(L, -2) != LUA_TBOOLEAN || !lua_toboolean(L, -2)) {
+        const char *why = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+        if (lua_type(L, -2) == LUA_TBOOLEAN || lua_type(L, -2) == LUA_TNIL)
+            snprintf(ld->err, sizeof ld->err, "selftest failed: returned %s%s%s",
+                     lua_toboolean(L, -2) ? "true" : lua_type(L, -2) == LUA_TNIL ? "nil" : "false",
+                     why ? ": " : "", why ? why : "");
+        else
+            snprintf(ld->err, sizeof ld->err, "selftest failed: returned %s, expected true",
+                     luaL_typename(L, -2));
+    }
+    return 0;
+}
+
+static int host_load(const char *src, size_t len, const char *chunkname, const char *file,
+                     const sl_policy_limits_t *lim, sl_policy_t **out, char *err,
+                     size_t errlen)
+{
+    sl_policy_limits_t d;
+    sl_policy_limits_default(&d);
+    lua_policy_t *lp = NULL;
+
+    *out = NULL;
+    if (len >= 4 && memcmp(src, LUA_SIGNATURE, 4) == 0) {
+        snprintf(err, errlen, "policy %s: is a precompiled (bytecode) chunk; only Lua source "
+                              "is accepted", file);
+        return SL_EPOLICY;
+    }
+    /* like lua.c, a first line starting with '#' is skipped; its newline keeps numbering */
+    if (len > 0 && src[0] == '#') {
+        const char *nl = memchr(src, '\n', len);
+        size_t skip = nl != NULL ? (size_t)(nl - src) : len;
+        src += skip;
+        len -= skip;
+    }
+
+    lp = calloc(1, sizeof *lp);
+    if (lp == NULL) {
+        snprintf(err, errlen, "policy %s: out of memory", file);
+        return SL_ENOMEM;
+    }
+    lp->ref_place = lp->ref_drain = LUA_NOREF;
+    lp->call_budget_ms = lim != NULL && lim->call_budget_ms ? lim->call_budget_ms : d.call_budget_ms;
+    lp->load_budget_ms = lim != NULL && lim->load_budget_ms ? lim->load_budget_ms : d.load_budget_ms;
+    size_t cap = lim != NULL && lim->memory_bytes ? lim->memory_bytes : d.memory_bytes;
+    snprintf(lp->base.file, sizeof lp->base.file, "%s", file);
+    snprintf(lp->base.name, sizeof lp->base.name, "%s", file);
+
+    char msg[SL_ERRMSG_MAX];
+    int rc = sl_policy_sandbox_open(&lp->sb, cap, file, msg, sizeof msg);
+    if (rc != 0) {
+        snprintf(err, errlen, "policy %s: %s", file, msg);
+        goto fail;
+    }
+    load_t ld = {.lp = lp, .src = src, .len = len, .chunkname = chunkname};
+    lua_State *L = lp->sb.L;
+    lua_settop(L, 0);
+    lua_pushcfunction(L, sl_policy_sandbox_msghandler);
+    lua_pushcfunction(L, load_protected);
+    lua_pushlightuserdata(L, &ld);
+    int status = lua_pcall(L, 1, 0, 1);
+    sl_policy_sandbox_disarm(&lp->sb);
+    if (status != LUA_OK) {
+        pcall_message(lp, status, err, errlen, NULL);
+        rc = SL_EPOLICY;
+        goto fail;
+    }
+    lua_settop(L, 0);
+    if (ld.err[0] != '\0') {
+        format_error(err, errlen, NULL, file, ld.err);
+        rc = SL_EPOLICY;
+        goto fail;
+    }
+    lp->base.ops = lp->ref_drain != LUA_NOREF ? &lua_ops : &lua_ops_no_drain;
+    *out = &lp->base;
+    return 0;
+fail:
+    sl_policy_sandbox_close(&lp->sb);
+    free(lp);
+    return rc != 0 ? rc : SL_EPOLICY;
+}
+
+int sl_policy_lua_load_string(const char *source, size_t len, const char *chunkname,
+                              const sl_policy_limits_t *lim, sl_policy_t **out, char *err,
+                              size_t errlen)
+{
+    char cn[300];
+    const char *file = chunkname != NULL && chunkname[0] != '\0' ? chunkname : "=policy";
+    if (file[0] == '@' || file[0] == '=') {
+        snprintf(cn, sizeof cn, "%s", file);
+        file++;
+    } else {
+        snprintf(cn, sizeof cn, "@%s", file);
+    }
+    return host_load(source, len, cn, file, lim, out, err, errlen);
+}
+
+int sl_policy_lua_load(const char *path, const sl_policy_limits_t *lim, sl_policy_t **out,
+                       char *err, size_t errlen)
+{
+    char *buf = NULL;
+    int rc;
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(err, errlen, "policy %s: cannot open: %s", path, strerror(errno));
+        return SL_ENOENT;
+    }
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len == cap) {
+            if (cap >= HOST_FILE_MAX) {
+                snprintf(err, errlen, "policy %s: larger than %u bytes", path, HOST_FILE_MAX);
+                rc = SL_EINVAL;
+                goto done;
+            }
+            cap = cap ? cap * 2 : 65536;
+            char *nb = realloc(buf, cap);
+            if (nb == NULL) {
+                snprintf(err, errlen, "policy %s: out of memory", path);
+                rc = SL_ENOMEM;
+                goto done;
+            }
+            buf = nb;
+        }
+        size_t got = fread(buf + len, 1, cap - len, f);
+        len += got;
+        if (got == 0)
+            break;
+    }
+    if (ferror(f)) {
+        snprintf(err, errlen, "policy %s: cannot read: %s", path, strerror(errno));
+        rc = SL_EINVAL;
+        goto done;
+    }
+    rc = sl_policy_lua_load_string(buf, len, path, lim, out, err, errlen);
+done:
+    free(buf);
+    fclose(f);
+    return rc;
+}
