@@ -116,4 +116,13 @@ int sl_policy_lua_load_string(const char *source, size_t len, const char *chunkn
 
 void sl_policy_free(sl_policy_t *p);
 
+/* `sluice policy check FILE` (SPEC §4), shared by the binary and the Lua module: loads
+ * FILE through the sandbox (contract, selftest), runs `place` on a small synthetic
+ * cluster (and `drain_order` when defined) and checks every answer: nodes that are
+ * unknown or Draining, malformed values, tasks not asked for, failed calls. Returns 0
+ * with a short summary, or a negative code with every problem found in err (each line
+ * names the file, and the line when Lua gives one). */
+int sl_policy_check_file(const char *path, const sl_policy_limits_t *lim, char *summary,
+                         size_t summarylen, char *err, size_t errlen);
+
 #endif

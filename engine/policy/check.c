@@ -1,0 +1,189 @@
+/* check.c — `sluice policy check FILE` without a server (SPEC §4; P1–P3).
+ *
+ * Guarantees: the file is loaded through the same sandbox as in production (text only,
+ * contract, selftest under the load budget), then `place` runs on a small synthetic
+ * cluster and `drain_order` when defined, each under the call budget; every answer is
+ * checked the way the core checks it (P3). A hostile file cannot make this hang, crash,
+ * touch the file system or run a command: the sandbox bounds time and memory and offers
+ * no way out. The synthetic cluster: n1..n4 Alive (zone a, a, b, b) and n5 Draining, the
+ * drain target, which is never given to the policy. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "policy.h"
+
+#define CHECK_NODES 4
+#define CHECK_TASKS 20
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+    int problems;
+} text_t;
+
+static void text_add(text_t *t, const char *fmt, ...)
+{
+    if (t->cap == 0 || t->len + 1 >= t->cap)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    t->len += (size_t)n;
+    if (t->len >= t->cap)
+        t->len = t->cap - 1;
+}
+
+static void problem(text_t *t, const sl_policy_t *p, const char *fmt, ...)
+{
+    char msg[SL_ERRMSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (t->problems == 8) {
+        text_add(t, "%s(more problems not shown)", t->len ? "\n" : "");
+    } else if (t->problems < 8) {
+        text_add(t, "%spolicy %s (%s): %s", t->len ? "\n" : "", p->name, p->file, msg);
+    }
+    t->problems++;
+}
+
+/* A report message from the host already starts with "policy NAME (FILE...)". */
+static void problem_raw(text_t *t, const char *msg)
+{
+    if (t->problems < 8)
+        text_add(t, "%s%s", t->len ? "\n" : "", msg);
+    t->problems++;
+}
+
+static const sl_label_t zone_a = {"zone", "a"}, zone_b = {"zone", "b"};
+
+static const sl_place_node_t check_nodes[CHECK_NODES] = {
+    {"n1", 2, 9, 0, &zone_a, 1},
+    {"n2", 1, 6, 1, &zone_a, 1},
+    {"n3", 0, 3, 0, &zone_b, 1},
+    {"n4", 3, 12, 2, &zone_b, 1},
+};
+
+static void make_tasks(sl_place_task_t *tasks, char (*ids)[24])
+{
+    size_t k = 0;
+    for (int cf = 1; cf <= 6; cf++, k++) {
+        snprintf(ids[k], sizeof ids[k], "cf-%d", cf);
+        tasks[k] = (sl_place_task_t){ids[k], SL_TASK_MAINTAINER, ids[k], cf <= 2 ? "n5" : NULL, 1};
+    }
+    static const int spans[3] = {5, 5, 4};
+    for (int cf = 0; cf < 3; cf++) {
+        for (int t = 1; t <= spans[cf]; t++, k++) {
+            snprintf(ids[k], sizeof ids[k], "cf-%d/t%d", cf + 1, t);
+            tasks[k] = (sl_place_task_t){ids[k], SL_TASK_DISPATCHER, ids[cf],
+                                         cf < 2 && t <= 3 ? "n5" : NULL, (uint32_t)(1 + t % 3)};
+        }
+    }
+}
+
+/* Checks one place round; returns how many tasks were placed. */
+static size_t check_round(sl_policy_t *p, const sl_place_task_t *tasks, size_t ntasks,
+                          const sl_place_ctx_t *ctx, unsigned *per_node, text_t *errs)
+{
+    sl_decision_t out[CHECK_TASKS];
+    sl_place_report_t rep;
+    memset(&rep, 0, sizeof rep);
+    if (p->ops->place(p, tasks, ntasks, check_nodes, CHECK_NODES, ctx, out, &rep) != 0) {
+        problem_raw(errs, rep.message[0] ? rep.message : "place failed");
+        return 0;
+    }
+    if (rep.unasked > 0)
+        problem_raw(errs, rep.message);
+    size_t placed = 0;
+    for (size_t i = 0; i < ntasks; i++) {
+        if (out[i].error != NULL) {
+            problem(errs, p, "%s", out[i].error);
+            continue;
+        }
+        if (out[i].node == NULL)
+            continue;
+        size_t n = 0;
+        while (n < CHECK_NODES && strcmp(check_nodes[n].id, out[i].node) != 0)
+            n++;
+        if (n == CHECK_NODES) {
+            if (strcmp(out[i].node, "n5") == 0)
+                problem(errs, p, "place put task \"%s\" on n5 which is Draining (%s round)",
+                        tasks[i].id, ctx->reason == SL_REASON_DRAIN ? "drain" : "basic");
+            else
+                problem(errs, p, "place put task \"%s\" on unknown node \"%s\"", tasks[i].id,
+                        out[i].node);
+            continue;
+        }
+        per_node[n]++;
+        placed++;
+    }
+    return placed;
+}
+
+int sl_policy_check_file(const char *path, const sl_policy_limits_t *lim, char *summary,
+                         size_t summarylen, char *err, size_t errlen)
+{
+    text_t sum = {summary, 0, summarylen, 0}, errs = {err, 0, errlen, 0};
+    if (summarylen > 0)
+        summary[0] = '\0';
+    if (errlen > 0)
+        err[0] = '\0';
+
+    sl_policy_t *p = NULL;
+    char msg[SL_ERRMSG_MAX];
+    int rc = sl_policy_lua_load(path, lim, &p, msg, sizeof msg);
+    if (rc != 0) {
+        problem_raw(&errs, msg);
+        return rc;
+    }
+
+    sl_place_task_t tasks[CHECK_TASKS];
+    char ids[CHECK_TASKS][24];
+    make_tasks(tasks, ids);
+
+    text_add(&sum, "policy %s (%s): contract and selftest ok\n", p->name, p->file);
+
+    /* round 1: the drain of n5 plus absent tasks, everything fits in the batch */
+    unsigned per_node[CHECK_NODES] = {0};
+    sl_place_ctx_t drain = {SL_REASON_DRAIN, "n5", CHECK_TASKS, 1700000000000ull};
+    size_t placed = check_round(p, tasks, CHECK_TASKS, &drain, per_node, &errs);
+    text_add(&sum, "  place (drain of n5, %d tasks, batch_limit %d): %zu placed:", CHECK_TASKS,
+             CHECK_TASKS, placed);
+    for (int n = 0; n < CHECK_NODES; n++)
+        text_add(&sum, " %s=%u", check_nodes[n].id, per_node[n]);
+    text_add(&sum, "\n");
+
+    /* round 2: a basic round whose batch is smaller than the candidates */
+    unsigned per_node2[CHECK_NODES] = {0};
+    sl_place_ctx_t basic = {SL_REASON_BASIC, NULL, 4, 1700000001000ull};
+    size_t placed2 = check_round(p, tasks, CHECK_TASKS, &basic, per_node2, &errs);
+    text_add(&sum, "  place (basic, %d tasks, batch_limit 4): %zu placed%s\n", CHECK_TASKS,
+             placed2, placed2 > 4 ? " (more than batch_limit: the core acts on 4)" : "");
+
+    if (p->ops->drain_order != NULL) {
+        sl_place_task_t moving[CHECK_TASKS];
+        size_t nmoving = 0;
+        for (size_t i = 0; i < CHECK_TASKS; i++)
+            if (tasks[i].from != NULL)
+                moving[nmoving++] = tasks[i];
+        uint32_t order[CHECK_TASKS];
+        size_t norder = 0;
+        sl_place_report_t rep;
+        memset(&rep, 0, sizeof rep);
+        if (p->ops->drain_order(p, moving, nmoving, &drain, order, &norder, &rep) != 0)
+            problem_raw(&errs, rep.message[0] ? rep.message : "drain_order failed");
+        else
+            text_add(&sum, "  drain_order: %zu of %zu tasks ordered\n", norder, nmoving);
+    } else {
+        text_add(&sum, "  drain_order: not defined (the core keeps its own order)\n");
+    }
+
+    rc = errs.problems > 0 ? SL_EPOLICY : 0;
+    sl_policy_free(p);
+    return rc;
+}
