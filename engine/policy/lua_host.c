@@ -26,6 +26,7 @@
 #include "sandbox.h"
 
 #define HOST_FILE_MAX (16u << 20) /* a policy file larger than this is refused */
+#define HOST_STRCACHE 256          /* node id copies remembered during one call */
 
 /* Strings handed back to the core live in blocks that never move until the next call. */
 typedef struct arena_block {
@@ -59,6 +60,9 @@ typedef struct {
     sl_place_report_t *report;
     char err[SL_ERRMSG_MAX]; /* a shape error found by C, without a Lua error */
     int oom;
+    struct {
+        const char *lua, *copy;
+    } cache[HOST_STRCACHE];
 } call_t;
 
 /* ---- small helpers ------------------------------------------------------------------- */
@@ -254,24 +258,54 @@ static void set_int(lua_State *L, int base, int key, int tbl, lua_Integer v)
     lua_rawset(L, tbl);
 }
 
-static void push_tasks(lua_State *L, int base, const sl_place_task_t *tasks, size_t ntasks)
+/* The tasks array; when ids > 0, ids[i] = the task's id string as well, so answers can be
+ * looked up with the very strings the policy saw. Repeated strings (a maintainer's
+ * changefeed is its id; the drain target is every task's `from`) are pushed once. */
+static void push_tasks(lua_State *L, int base, const sl_place_task_t *tasks, size_t ntasks,
+                       int ids)
 {
+    lua_pushnil(L); /* slot of the last `from` string */
+    int from_slot = lua_gettop(L);
+    const char *last_from = NULL;
     lua_createtable(L, ntasks > INT32_MAX ? INT32_MAX : (int)ntasks, 0);
     int arr = lua_gettop(L);
     for (size_t i = 0; i < ntasks; i++) {
         const sl_place_task_t *t = &tasks[i];
+        lua_pushstring(L, t->id);
+        int idv = lua_gettop(L);
+        if (ids > 0) {
+            lua_pushvalue(L, idv);
+            lua_rawseti(L, ids, (lua_Integer)i + 1);
+        }
         lua_createtable(L, 0, 5);
         int tt = lua_gettop(L);
-        set_str(L, base, K_ID, tt, t->id);
+        lua_pushvalue(L, base + K_ID - 1);
+        lua_pushvalue(L, idv);
+        lua_rawset(L, tt);
         lua_pushvalue(L, base + K_KIND - 1);
         lua_pushvalue(L, base + (t->kind == SL_TASK_DISPATCHER ? K_DISPATCHER : K_MAINTAINER) - 1);
         lua_rawset(L, tt);
-        set_str(L, base, K_CHANGEFEED, tt, t->changefeed != NULL ? t->changefeed : t->id);
-        if (t->from != NULL)
-            set_str(L, base, K_FROM, tt, t->from);
+        lua_pushvalue(L, base + K_CHANGEFEED - 1);
+        if (t->changefeed == NULL || t->changefeed == t->id || strcmp(t->changefeed, t->id) == 0)
+            lua_pushvalue(L, idv);
+        else
+            lua_pushstring(L, t->changefeed);
+        lua_rawset(L, tt);
+        if (t->from != NULL) {
+            if (t->from != last_from) {
+                lua_pushstring(L, t->from);
+                lua_replace(L, from_slot);
+                last_from = t->from;
+            }
+            lua_pushvalue(L, base + K_FROM - 1);
+            lua_pushvalue(L, from_slot);
+            lua_rawset(L, tt);
+        }
         set_int(L, base, K_WEIGHT, tt, t->weight);
         lua_rawseti(L, arr, (lua_Integer)i + 1);
+        lua_pop(L, 1); /* idv */
     }
+    lua_remove(L, from_slot);
 }
 
 static void push_nodes(lua_State *L, int base, const sl_place_node_t *nodes, size_t nnodes)
@@ -336,21 +370,29 @@ static void decide(call_t *c, size_t i, lua_State *L)
     lua_policy_t *lp = c->lp;
     int vt = lua_type(L, -1);
     char id[SL_ID_MAX + 8];
-    quote_id(id, sizeof id, c->tasks[i].id, strlen(c->tasks[i].id));
     if (vt == LUA_TSTRING) {
         size_t len;
         const char *s = lua_tolstring(L, -1, &len);
         if (len < SL_ID_MAX && strlen(s) == len) {
-            c->out[i].node = arena_copy(lp, s, len);
+            /* Node ids repeat across a batch; Lua interns short strings and the answer
+             * table anchors them, so within one call a pointer names one string. */
+            size_t h = ((uintptr_t)s >> 4) & (HOST_STRCACHE - 1);
+            if (c->cache[h].lua != s) {
+                c->cache[h].copy = arena_copy(lp, s, len);
+                c->cache[h].lua = c->cache[h].copy != NULL ? s : NULL;
+            }
+            c->out[i].node = c->cache[h].copy;
             if (c->out[i].node == NULL)
                 c->oom = 1;
             return;
         }
+        quote_id(id, sizeof id, c->tasks[i].id, strlen(c->tasks[i].id));
         char msg[SL_ERRMSG_MAX];
         snprintf(msg, sizeof msg, "task \"%s\": node id of %zu bytes is not a node id", id, len);
         c->out[i].error = arena_copy(lp, msg, strlen(msg));
     } else {
         char msg[SL_ERRMSG_MAX];
+        quote_id(id, sizeof id, c->tasks[i].id, strlen(c->tasks[i].id));
         snprintf(msg, sizeof msg, "task \"%s\": expected a node id (string), got %s", id,
                  lua_typename(L, vt));
         c->out[i].error = arena_copy(lp, msg, strlen(msg));
@@ -365,15 +407,15 @@ static int place_protected(lua_State *L)
     lua_policy_t *lp = c->lp;
     lua_settop(L, 0);
     push_keys(L);
+    lua_createtable(L, c->ntasks > INT32_MAX ? INT32_MAX : (int)c->ntasks, 0);
+    int ids = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, lp->ref_place);
-    int fn = lua_gettop(L);
-    push_tasks(L, 1, c->tasks, c->ntasks);
+    push_tasks(L, 1, c->tasks, c->ntasks, ids);
     push_nodes(L, 1, c->nodes, c->nnodes);
     push_ctx(L, c->ctx);
     sl_policy_sandbox_arm(&lp->sb, "place", lp->call_budget_ms);
     lua_call(L, 3, 1);
     sl_policy_sandbox_disarm(&lp->sb);
-    (void)fn;
 
     int rt = lua_type(L, -1);
     if (rt != LUA_TTABLE) {
@@ -382,15 +424,37 @@ static int place_protected(lua_State *L)
         return 0;
     }
     int res = lua_gettop(L);
+    /* the answers for the batch, looked up raw with the ids the policy was given */
+    size_t found = 0;
+    for (size_t i = 0; i < c->ntasks && !c->oom; i++) {
+        lua_rawgeti(L, ids, (lua_Integer)i + 1);
+        if (lua_rawget(L, res) != LUA_TNIL) {
+            found++;
+            decide(c, i, L);
+        }
+        lua_pop(L, 1);
+    }
+    if (c->oom)
+        return 0;
+    /* anything else in the answer was not asked for; find it only when there is some */
+    size_t keys = 0;
+    lua_pushnil(L);
+    while (lua_next(L, res) != 0) {
+        keys++;
+        lua_pop(L, 1);
+    }
+    if (keys <= found)
+        return 0;
+    if (index_tasks(lp, c->tasks, c->ntasks) != 0) {
+        c->oom = 1;
+        return 0;
+    }
     lua_pushnil(L);
     while (lua_next(L, res) != 0) {
         if (lua_type(L, -2) == LUA_TSTRING) {
             size_t len;
             const char *key = lua_tolstring(L, -2, &len);
-            long i = find_task(lp, c->tasks, key, len);
-            if (i >= 0 && c->out[i].node == NULL && c->out[i].error == NULL) {
-                decide(c, (size_t)i, L);
-            } else if (i < 0) {
+            if (find_task(lp, c->tasks, key, len) < 0) {
                 char id[SL_ID_MAX + 8], what[SL_ID_MAX + 32];
                 quote_id(id, sizeof id, key, len);
                 snprintf(what, sizeof what, "for task \"%s\"", id);
@@ -402,8 +466,6 @@ static int place_protected(lua_State *L)
             note_unasked(c, what);
         }
         lua_pop(L, 1);
-        if (c->oom)
-            break;
     }
     return 0;
 }
@@ -421,9 +483,9 @@ static int lua_place(sl_policy_t *p, const sl_place_task_t *tasks, size_t ntasks
         out[i].error = NULL;
     }
     arena_reset(lp);
-    if (ntasks > UINT32_MAX - 1 || index_tasks(lp, tasks, ntasks) != 0) {
+    if (ntasks > UINT32_MAX - 1) {
         format_error(report->message, sizeof report->message, prefix, p->file,
-                     "out of memory indexing the batch");
+                     "batch too large");
         return SL_EPOLICY;
     }
     call_t c = {.lp = lp, .tasks = tasks, .ntasks = ntasks, .nodes = nodes, .nnodes = nnodes,
@@ -461,7 +523,7 @@ static int drain_protected(lua_State *L)
     lua_settop(L, 0);
     push_keys(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, lp->ref_drain);
-    push_tasks(L, 1, c->tasks, c->ntasks);
+    push_tasks(L, 1, c->tasks, c->ntasks, 0);
     push_ctx(L, c->ctx);
     sl_policy_sandbox_arm(&lp->sb, "drain_order", lp->call_budget_ms);
     lua_call(L, 2, 1);
