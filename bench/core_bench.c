@@ -39,7 +39,7 @@ int main(int argc, char **argv)
     cfg.balance_interval_ms = 1; /* every idle round runs the balance check */
     sl_core_t *core;
     if (sl_core_new(&cfg, &core)) return 1;
-    char id[SL_ID_MAX], node[SL_ID_MAX], cf[SL_ID_MAX];
+    char id[2 * SL_ID_MAX], node[SL_ID_MAX], cf[SL_ID_MAX];
     for (int i = 0; i < nodes; i++) {
         snprintf(node, sizeof node, "capture-%04d", i);
         if (sl_core_node_join(core, node, "127.0.0.1:0")) return 1;
