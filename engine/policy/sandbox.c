@@ -166,10 +166,26 @@ static int sb_pcall(lua_State *L)
     return sb_finish_pcall(L, status, 0);
 }
 
+/* The policy's message handler, skipped once the budget is gone: Lua runs a message
+ * handler for an error raised by a hook with hooks still switched off, so a looping
+ * handler would never be stopped. */
+static int sb_xpcall_handler(lua_State *L)
+{
+    if (sb_of(L)->expired)
+        return 1;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
 static int sb_xpcall(lua_State *L)
 {
     int n = lua_gettop(L);
     luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, sb_xpcall_handler, 1);
+    lua_replace(L, 2);
     lua_pushboolean(L, 1);
     lua_pushvalue(L, 1);
     lua_rotate(L, 3, 2); /* f, handler, true, f, args... */
