@@ -256,3 +256,22 @@ describe("drain_order", function()
     assert.are.equal(3, c:node("n3").maintainers)
   end)
 end)
+
+describe("policy lifetime", function()
+  it("P4: a policy in use by a core cannot be closed under it", function()
+    local c, cl = cluster({ "n1" })
+    local p = fixed("n1")
+    c:set_policy(p)
+    assert.has_error(function() p:close() end)
+    add(c, 1)
+    cl:tick(0)
+    assert.are.equal("n1", cl:take()[1].node) -- the core still places with it
+    c:set_policy(nil)
+    p:close()
+    assert.has_error(function() c:set_policy(p) end) -- a closed policy is refused
+    local q = fixed("n1")
+    c:set_policy(q)
+    c:close()
+    q:close() -- the closed core gave it back
+  end)
+end)

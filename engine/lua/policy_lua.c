@@ -21,6 +21,7 @@
 
 typedef struct {
     sl_policy_t *p;
+    int borrowers; /* cores that place with it; an explicit close waits for them */
 } policy_ud_t;
 
 static policy_ud_t *check_ud(lua_State *L, int idx)
@@ -43,6 +44,7 @@ static policy_ud_t *new_ud(lua_State *L)
     luaL_checkstack(L, 4, NULL);
     policy_ud_t *ud = lua_newuserdatauv(L, sizeof *ud, 0);
     ud->p = NULL;
+    ud->borrowers = 0;
     luaL_setmetatable(L, SL_POLICY_MT);
     return ud;
 }
@@ -143,7 +145,29 @@ static int l_has_drain_order(lua_State *L)
     return 1;
 }
 
+void sl_luamod_policy_borrow(lua_State *L, int idx, int delta)
+{
+    policy_ud_t *ud = check_ud(L, idx);
+    ud->borrowers += delta;
+}
+
+/* p:close() — refused while a core places with the policy: the core would be left with a
+ * freed pointer. */
 static int l_close(lua_State *L)
+{
+    policy_ud_t *ud = check_ud(L, 1);
+    if (ud->borrowers > 0)
+        return luaL_error(L, "policy is in use by %d core(s): give them another policy first",
+                          ud->borrowers);
+    sl_policy_t *p = ud->p;
+    ud->p = NULL;
+    sl_policy_free(p);
+    return 0;
+}
+
+/* A collected policy is unreachable from any core too (a core holds its policy as its
+ * user value), so collection frees it whatever the borrow count says. */
+static int l_gc(lua_State *L)
 {
     policy_ud_t *ud = check_ud(L, 1);
     sl_policy_t *p = ud->p;
@@ -392,7 +416,7 @@ int sl_luamod_open_policy(lua_State *L)
         lua_newtable(L);
         luaL_setfuncs(L, policy_methods, 0);
         lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, l_close);
+        lua_pushcfunction(L, l_gc);
         lua_setfield(L, -2, "__gc");
         lua_pushcfunction(L, l_close);
         lua_setfield(L, -2, "__close");

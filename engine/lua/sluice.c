@@ -105,9 +105,19 @@ static int l_core_new(lua_State *L)
     return 1;
 }
 
+/* Gives back the policy the core placed with (its user value), if any. */
+static void release_policy(lua_State *L)
+{
+    if (lua_getiuservalue(L, 1, 1) == LUA_TUSERDATA) sl_luamod_policy_borrow(L, -1, -1);
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_setiuservalue(L, 1, 1);
+}
+
 static int l_close(lua_State *L)
 {
     core_ud_t *ud = luaL_checkudata(L, 1, CORE_MT);
+    if (ud->core) release_policy(L);
     sl_core_free(ud->core);
     ud->core = NULL;
     return 0;
@@ -417,6 +427,8 @@ static int l_set_policy(lua_State *L)
     sl_policy_t *p = NULL;
     if (!lua_isnoneornil(L, 2)) p = sl_luamod_check_policy(L, 2);
     lua_settop(L, 2);
+    release_policy(L);
+    if (p) sl_luamod_policy_borrow(L, 2, 1);
     lua_setiuservalue(L, 1, 1);
     sl_core_set_policy(core, p);
     return 0;
