@@ -22,6 +22,17 @@ int main(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "policy")) return sl_cmd_policy(argc - 1, argv + 1);
+    static const char *const later[] = {"dev", "serve", "agent", "drain", "status", "repl", "sim"};
+    for (size_t i = 0; i < sizeof later / sizeof *later; i++) {
+        if (!strcmp(argv[1], later[i])) {
+            fprintf(stderr,
+                    "sluice %s: not yet. This build has the scheduling core (a Lua module, "
+                    "build/sluice.so), the policy sandbox and `sluice policy check`; the daemon, "
+                    "agents, API, REPL and simulator come next (SPEC D, A, R, M).\n",
+                    argv[1]);
+            return 1;
+        }
+    }
     fprintf(stderr, "sluice: unknown or not yet built command '%s'\n", argv[1]);
     usage(stderr);
     return 2;
