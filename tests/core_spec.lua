@@ -573,3 +573,33 @@ describe("S schedulers", function()
     end
   end)
 end)
+
+describe("L5 a Stopping destination refuses", function()
+  it("L5: a start refused by a destination that began stopping is placed elsewhere", function()
+    local c, cl = core_with({ "n1", "n2" }, 0)
+    assert(c:add_task("cf-a"))
+    cl:tick(0)
+    local start = cl:take()[1]
+    local other = start.node == "n1" and "n2" or "n1"
+    assert(c:cas(start.node, "alive", "stopping"))
+    -- the agent refuses (L5) and reports it does not run the task
+    assert(c:report(start.node, "cf-a", "stopped", 1))
+    local msgs = cl:take()
+    assert.are.same({ "start", other }, { msgs[1].type, msgs[1].node })
+    cl:deliver(msgs[1])
+    assert.are.equal(other, c:task("cf-a").node)
+    assert.are.equal(1, c:stats().ops_abandoned)
+    local ok, why = c:check()
+    assert(ok, why)
+  end)
+
+  it("O2: a stopped report from an Alive destination does not abandon the add", function()
+    local c, cl = core_with({ "n1" }, 1)
+    cl:tick(0)
+    local start = cl:take()[1]
+    assert(c:report("n1", "cf-01", "stopped", 1)) -- a status report older than the start
+    assert.is_true(c:task("cf-01").has_operator)
+    cl:deliver(start)
+    assert.are.equal("n1", c:task("cf-01").node)
+  end)
+end)

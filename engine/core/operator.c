@@ -174,6 +174,14 @@ bool sl_op__on_report(sl_core_t *core, int32_t node, int32_t t, sl_report_t stat
     }
     int32_t o = task->op;
     sl_op_t *op = &core->ops[o];
+    if (!working && node == op->to && op->step == SL_STEP_START &&
+        atomic_load(&core->nodes[node].liveness) != SL_ALIVE) {
+        /* L5: a destination that started stopping refuses the task and says so; it does not
+         * run it, so the task is placed again instead of retrying there forever */
+        op_end(core, o, false);
+        sl_core__absent_push(core, t);
+        return true;
+    }
     switch ((sl_op_type_t)op->type) {
     case SL_OP_ADD:
         if (working && node == op->to) {
