@@ -717,6 +717,8 @@ int sl_core_check(sl_core_t *core, char *why, size_t whylen)
             if (task->node != SL_NONE || task->op != SL_NONE)
                 BROKEN("absent task %s is bound or has an operator", task->id);
         }
+        if (task->node == SL_NONE && !task->in_absent && task->op == SL_NONE)
+            BROKEN("task %s is lost: bound nowhere, not absent, no operator", task->id);
         if (task->op != SL_NONE && core->ops[task->op].task != (int32_t)t)
             BROKEN("task %s and its operator disagree (O1)", task->id);
     }

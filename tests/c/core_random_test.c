@@ -1,5 +1,5 @@
 /* core_random_test.c — the core under random events with ASan, UBSan and LeakSanitizer:
- * nodes join, leave and drain, tasks come and go, messages are lost, steps time out.
+ * nodes join, leave, drain and stop (refusing new tasks, L5), tasks come and go, messages are lost, steps time out.
  * After every event the core's own counters must equal a full recount (S5, O3, O4), no
  * task may run on two nodes (O5), and freeing the core must leave no leak. */
 #include <stdio.h>
@@ -70,6 +70,9 @@ static int run_seed(unsigned seed, char *why, size_t whylen)
         } else if (r < 58 && sl_core_drain_target(core)) {
             snprintf(id, sizeof id, "%s", sl_core_drain_target(core));
             sl_core_drain_unmark(core, id);
+        } else if (r < 60) {
+            snprintf(id, sizeof id, "n%u", k % NODES);
+            sl_core_liveness_cas(core, id, SL_ALIVE, SL_STOPPING); /* graceful shutdown */
         }
         now += rnd(&seed) % 40;
         sl_core_tick(core, now);
@@ -84,7 +87,12 @@ static int run_seed(unsigned seed, char *why, size_t whylen)
             for (size_t i = 0; i < n; i++) {
                 int node = atoi(copy[i].node + 1), t = task_index(copy[i].task);
                 if (!live[node] || rnd(&seed) % 10 == 0) continue; /* gone or lost */
-                if (copy[i].type == SL_MSG_START) {
+                sl_liveness_t l = SL_ALIVE;
+                sl_core_liveness(core, copy[i].node, &l);
+                if (copy[i].type == SL_MSG_START && l == SL_STOPPING) {
+                    /* L5: a stopping node refuses new tasks and says it does not run them */
+                    sl_core_report(core, copy[i].node, copy[i].task, SL_REPORT_STOPPED, now);
+                } else if (copy[i].type == SL_MSG_START) {
                     if (running_on[t] && running_on[t] != node + 1) {
                         snprintf(why, whylen, "seed step %d: t%d started on n%d while on n%d",
                                  step, t, node, running_on[t] - 1);
