@@ -310,22 +310,9 @@ int sl_core_node_join(sl_core_t *core, const char *id, const char *addr)
 {
     if (!valid_id(id)) return SL_EINVAL;
     if (sl_map_get(&core->node_map, id) >= 0) return SL_EEXIST;
-    int32_t slot;
-    if (core->node_free.len) {
-        slot = core->node_free.v[--core->node_free.len];
-    } else {
-        if (core->nodes_cap == (size_t)INT32_MAX) return SL_ENOMEM;
-        size_t cap = core->nodes_cap ? core->nodes_cap * 2 : 16, old = core->nodes_cap;
-        sl_node_t *nodes = realloc(core->nodes, cap * sizeof *nodes);
-        if (!nodes) return SL_ENOMEM;
-        memset(nodes + old, 0, (cap - old) * sizeof *nodes);
-        core->nodes = nodes;
-        core->nodes_cap = cap;
-        /* lowest slot on top; a slot that fails to enter the list is merely never used */
-        for (size_t i = cap; i > old; i--)
-            if (sl_ivec_push(&core->node_free, (int32_t)(i - 1)) != 0) return SL_ENOMEM;
-        slot = core->node_free.v[--core->node_free.len];
-    }
+    int32_t slot = sl_slots_take((void **)&core->nodes, &core->nodes_cap, sizeof *core->nodes, 16,
+                                 &core->node_free);
+    if (slot < 0) return slot;
     sl_node_t *n = &core->nodes[slot];
     memset(n, 0, sizeof *n);
     n->id = strdup(id);
@@ -516,27 +503,16 @@ int sl_core_task_add(sl_core_t *core, const char *id, sl_task_kind_t kind, const
     if (sl_map_get(&core->task_map, id) >= 0) return SL_EEXIST;
     int32_t cf = intern_changefeed(core, changefeed);
     if (cf < 0) return cf;
-    if (!core->task_free.len) {
-        if (core->tasks_cap >= (size_t)INT32_MAX / 2) return SL_ENOMEM;
-        size_t cap = core->tasks_cap ? core->tasks_cap * 2 : 64;
-        sl_task_t *tasks = realloc(core->tasks, cap * sizeof *tasks);
-        if (!tasks) return SL_ENOMEM;
-        core->tasks = tasks;
-        size_t old = core->tasks_cap;
-        memset(tasks + old, 0, (cap - old) * sizeof *tasks);
-        core->tasks_cap = cap;
-        for (size_t i = cap; i > old; i--)
-            if (sl_ivec_push(&core->task_free, (int32_t)(i - 1)) != 0) return SL_ENOMEM;
-    }
-    int32_t t = core->task_free.v[core->task_free.len - 1];
+    int32_t t = sl_slots_take((void **)&core->tasks, &core->tasks_cap, sizeof *core->tasks, 64,
+                              &core->task_free);
+    if (t < 0) return t;
     sl_task_t *task = &core->tasks[t];
     char *copy = strdup(id);
-    if (!copy) return SL_ENOMEM;
-    if (sl_map_put(&core->task_map, copy, t) != 0) {
+    if (!copy || sl_map_put(&core->task_map, copy, t) != 0) {
         free(copy);
+        sl_ivec_push(&core->task_free, t); /* cannot fail: the slot came from this list */
         return SL_ENOMEM;
     }
-    core->task_free.len--;
     *task = (sl_task_t){.id = copy,
                         .changefeed = cf,
                         .node = SL_NONE,

@@ -81,6 +81,10 @@ typedef struct {
 } sl_ivec_t;
 
 int sl_ivec_push(sl_ivec_t *vec, int32_t x);
+/* Pops a free slot of a slot table (nodes, tasks, operators), doubling the table and
+ * zeroing the new slots when none is free. Returns the slot or SL_ENOMEM. */
+int32_t sl_slots_take(void **table, size_t *cap, size_t elem, size_t first_cap,
+                      sl_ivec_t *free_slots);
 void sl_ivec_free(sl_ivec_t *vec);
 
 #define SL_REFUSAL_KEEP 32

@@ -1,4 +1,4 @@
-/* map.c — string → index hash map and int vectors used by the core's tables.
+/* map.c — string → index hash map, int vectors and slot tables used by the core's tables.
  * Open addressing with linear probing; grows at 50% load so lookups stay O(1). */
 #include <stdlib.h>
 #include <string.h>
@@ -109,4 +109,22 @@ void sl_ivec_free(sl_ivec_t *vec)
 {
     free(vec->v);
     *vec = (sl_ivec_t){0};
+}
+
+int32_t sl_slots_take(void **table, size_t *cap, size_t elem, size_t first_cap,
+                      sl_ivec_t *free_slots)
+{
+    if (!free_slots->len) {
+        size_t old = *cap, grown = old ? old * 2 : first_cap;
+        if (grown > (size_t)INT32_MAX) return SL_ENOMEM;
+        char *t = realloc(*table, grown * elem);
+        if (!t) return SL_ENOMEM;
+        memset(t + old * elem, 0, (grown - old) * elem);
+        *table = t;
+        *cap = grown;
+        /* lowest slot on top; a slot that fails to enter the list is merely never used */
+        for (size_t i = grown; i > old; i--)
+            if (sl_ivec_push(free_slots, (int32_t)(i - 1)) != 0) return SL_ENOMEM;
+    }
+    return free_slots->v[--free_slots->len];
 }

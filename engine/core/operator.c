@@ -51,19 +51,13 @@ int sl_op__create(sl_core_t *core, sl_op_type_t type, sl_reason_t reason, int32_
     sl_task_t *task = &core->tasks[t];
     if (task->op != SL_NONE) return SL_EBUSY;                    /* O1 */
     if (core->ops_in_progress >= core->cfg.max_operators) return SL_ELIMIT; /* O3 */
-    if (!core->op_free.len) {
-        size_t cap = core->ops_cap ? core->ops_cap * 2 : 16, old = core->ops_cap;
-        sl_op_t *ops = realloc(core->ops, cap * sizeof *ops);
-        if (!ops) return SL_ENOMEM;
-        memset(ops + old, 0, (cap - old) * sizeof *ops);
-        core->ops = ops;
-        core->ops_cap = cap;
-        for (size_t i = cap; i > old; i--)
-            if (sl_ivec_push(&core->op_free, (int32_t)(i - 1)) != 0) return SL_ENOMEM;
-    }
-    if (sl_ivec_push(&core->op_order, core->op_free.v[core->op_free.len - 1]) != 0)
+    int32_t o = sl_slots_take((void **)&core->ops, &core->ops_cap, sizeof *core->ops, 16,
+                              &core->op_free);
+    if (o < 0) return o;
+    if (sl_ivec_push(&core->op_order, o) != 0) {
+        sl_ivec_push(&core->op_free, o); /* cannot fail: the slot came from this list */
         return SL_ENOMEM;
-    int32_t o = core->op_free.v[--core->op_free.len];
+    }
     sl_op_t *op = &core->ops[o];
     *op = (sl_op_t){.id = core->next_op_id++,
                     .live = true,

@@ -151,20 +151,6 @@ void sl_luamod_policy_borrow(lua_State *L, int idx, int delta)
     ud->borrowers += delta;
 }
 
-/* p:close() — refused while a core places with the policy: the core would be left with a
- * freed pointer. */
-static int l_close(lua_State *L)
-{
-    policy_ud_t *ud = check_ud(L, 1);
-    if (ud->borrowers > 0)
-        return luaL_error(L, "policy is in use by %d core(s): give them another policy first",
-                          ud->borrowers);
-    sl_policy_t *p = ud->p;
-    ud->p = NULL;
-    sl_policy_free(p);
-    return 0;
-}
-
 /* A collected policy is unreachable from any core too (a core holds its policy as its
  * user value), so collection frees it whatever the borrow count says. */
 static int l_gc(lua_State *L)
@@ -175,6 +161,18 @@ static int l_gc(lua_State *L)
     sl_policy_free(p);
     return 0;
 }
+
+/* p:close() — refused while a core places with the policy: the core would be left with a
+ * freed pointer. */
+static int l_close(lua_State *L)
+{
+    policy_ud_t *ud = check_ud(L, 1);
+    if (ud->borrowers > 0)
+        return luaL_error(L, "policy is in use by %d core(s): give them another policy first",
+                          ud->borrowers);
+    return l_gc(L);
+}
+
 
 static int l_tostring(lua_State *L)
 {
