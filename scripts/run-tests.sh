@@ -3,8 +3,10 @@
 #   1. the busted specs in tests/ against build/sluice.so and build/sluice
 #   2. the same specs against the ASan+UBSan build (build/asan/)
 #   3. the C tests given as arguments (sanitized, or ThreadSanitizer for *_tsan_test)
-# A suite that dies before reporting (a crash, a sanitizer abort) counts as one failure.
+# A suite that dies before reporting (a crash, a sanitizer abort, a hang past
+# SUITE_TIMEOUT seconds) counts as one failure.
 set -u
+SUITE_TIMEOUT=${SUITE_TIMEOUT:-900}
 cd "$(dirname "$0")/.."
 passed=0
 failed=0
@@ -27,7 +29,7 @@ run_busted() { # $1 = label, $2 = build dir, rest = env
     shift 2
     out=$(mktemp)
     env "$@" LUA_CPATH="$dir/?.so;;" SLUICE_BIN="$dir/sluice" \
-        lua5.4 /usr/bin/busted -o TAP tests 2>&1 | tee "$out" | grep -v '^ok '
+        timeout -k 10 "$SUITE_TIMEOUT" lua5.4 /usr/bin/busted -o TAP tests 2>&1 | tee "$out" | grep -v '^ok '
     rc=${PIPESTATUS[0]}
     count_tap "$label" "$out" "$rc"
     rm -f "$out"
@@ -45,7 +47,8 @@ run_busted "specs[asan]" build/asan \
 echo "== C tests"
 for t in "$@"; do
     out=$(mktemp)
-    ASAN_OPTIONS="detect_leaks=1" TSAN_OPTIONS="halt_on_error=1" "$t" >"$out" 2>&1
+    ASAN_OPTIONS="detect_leaks=1" TSAN_OPTIONS="halt_on_error=1" \
+        timeout -k 10 "$SUITE_TIMEOUT" "$t" >"$out" 2>&1
     rc=$?
     grep -v '^ok ' "$out"
     count_tap "$(basename "$t")" "$out" "$rc"
