@@ -17,12 +17,15 @@
  *    with hooks off, so a looping one could not be stopped).
  */
 #include <ctype.h>
+#include <errno.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "sandbox.h"
 
@@ -78,7 +81,15 @@ static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 static int sb_raise_budget(lua_State *L, sl_sandbox_t *sb, int level)
 {
     lua_Debug ar;
-    if (lua_getstack(L, level, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0)
+    int found = 0;
+    /* the first Lua function up the stack: from a call hook, level 0 may be a C one */
+    for (int lv = level; lv < level + 8 && lua_getstack(L, lv, &ar); lv++) {
+        if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+            found = 1;
+            break;
+        }
+    }
+    if (found)
         lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
     else
         lua_pushliteral(L, "");
@@ -105,17 +116,131 @@ static void sb_check_loop(lua_State *L)
         sb_raise_budget(L, sb, 1);
 }
 
+static int sb_xpcall_handler(lua_State *L);
+
 static void sb_hook(lua_State *L, lua_Debug *ar)
 {
-    (void)ar;
     sl_sandbox_t *sb = sb_of(L);
     sb->instr += SB_HOOK_EVERY;
-    if (sb_deadline_passed(sb))
-        sb_raise_budget(L, sb, 0);
+    if (!sb_deadline_passed(sb))
+        return;
+    if (ar->event == LUA_HOOKCALL || ar->event == LUA_HOOKRET) {
+        /* The message handlers must run: raising in them would lose the message. Nor is
+         * a function with no caller interrupted: that is a __close of the unwinding
+         * (a luaL_Buffer's box) after the policy's frames are gone. */
+        lua_Debug caller;
+        if (!lua_getstack(L, 1, &caller))
+            return;
+        lua_getinfo(L, "f", ar);
+        lua_CFunction f = lua_tocfunction(L, -1);
+        lua_pop(L, 1);
+        if (f == sl_policy_sandbox_msghandler || f == sb_xpcall_handler)
+            return;
+    }
+    sb_raise_budget(L, sb, 0);
 }
 
-void sl_policy_sandbox_arm(sl_sandbox_t *sb, const char *phase, uint32_t ms)
+/* ---- watchdog -------------------------------------------------------------------------
+ * The count hook alone fires every SB_HOOK_EVERY instructions, and one instruction can
+ * cost milliseconds (comparing or concatenating strings of tens of MB, a C function
+ * called from C such as a gsub replacement or a sort comparator, which runs no
+ * instruction at all). So each state also has a POSIX timer aimed at the thread that
+ * armed it: at the deadline its signal handler does what lua.c does on SIGINT, setting
+ * the hook to fire on the next instruction, call and return. The overrun is then one
+ * instruction or one C function, and the wrapped C functions check the deadline on entry.
+ * lua_sethook is the one Lua API function made to be called from a signal handler. The
+ * signal is a real-time one that the process does not otherwise use; when it is taken,
+ * or blocked in the calling thread, the watchdog stays off and the count hook remains. */
+
+#define SB_WATCH_SIGNAL_OFFSET 6 /* SIGRTMIN + this */
+
+static int sb_watch_signo = 0; /* 0: no watchdog in this process */
+static pthread_once_t sb_watch_once = PTHREAD_ONCE_INIT;
+
+static void sb_watch_fire(int signo, siginfo_t *si, void *uctx)
 {
+    (void)signo;
+    (void)uctx;
+    if (si == NULL || si->si_code != SI_TIMER)
+        return;
+    sl_sandbox_t *sb = si->si_value.sival_ptr;
+    if (sb == NULL || !sb->armed || sb->L == NULL)
+        return;
+    sb->watch_fired = 1;
+    lua_sethook(sb->L, sb_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
+}
+
+static void sb_watch_install(void)
+{
+    int signo = SIGRTMIN + SB_WATCH_SIGNAL_OFFSET;
+    if (signo > SIGRTMAX)
+        return;
+    struct sigaction old, sa;
+    if (sigaction(signo, NULL, &old) != 0)
+        return;
+    if ((old.sa_flags & SA_SIGINFO) ? old.sa_sigaction != NULL : old.sa_handler != SIG_DFL)
+        return; /* someone else's signal */
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = sb_watch_fire;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(signo, &sa, NULL) == 0)
+        sb_watch_signo = signo;
+}
+
+static void sb_watch_start(sl_sandbox_t *sb, uint32_t ms)
+{
+    pthread_once(&sb_watch_once, sb_watch_install);
+    if (sb_watch_signo == 0 || sb->L == NULL)
+        return;
+    sigset_t cur;
+    if (pthread_sigmask(SIG_BLOCK, NULL, &cur) != 0 || sigismember(&cur, sb_watch_signo))
+        return; /* a pending signal could outlive the sandbox */
+    pid_t tid = gettid();
+    if (sb->has_timer && sb->timer_tid != tid) {
+        timer_delete(sb->timer);
+        sb->has_timer = 0;
+    }
+    if (!sb->has_timer) {
+        struct sigevent sev;
+        memset(&sev, 0, sizeof sev);
+        sev.sigev_notify = SIGEV_THREAD_ID;
+        sev.sigev_signo = sb_watch_signo;
+        sev.sigev_value.sival_ptr = sb;
+        sev._sigev_un._tid = tid;
+        if (timer_create(CLOCK_MONOTONIC, &sev, &sb->timer) != 0)
+            return;
+        sb->has_timer = 1;
+        sb->timer_tid = tid;
+    }
+    struct itimerspec its;
+    memset(&its, 0, sizeof its);
+    its.it_value.tv_sec = ms / 1000;
+    its.it_value.tv_nsec = (long)(ms % 1000) * 1000000L;
+    if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
+        its.it_value.tv_nsec = 1;
+    timer_settime(sb->timer, 0, &its, NULL);
+}
+
+/* Stops the timer; a signal it raised before is delivered by the time this returns (it
+ * targets this thread, which is not blocking it), so none can arrive later. */
+static void sb_watch_stop(sl_sandbox_t *sb)
+{
+    if (sb->has_timer) {
+        struct itimerspec zero;
+        memset(&zero, 0, sizeof zero);
+        timer_settime(sb->timer, 0, &zero, NULL);
+    }
+    if (sb->watch_fired && sb->L != NULL) {
+        sb->watch_fired = 0;
+        lua_sethook(sb->L, sb_hook, LUA_MASKCOUNT, SB_HOOK_EVERY);
+    }
+}
+
+/* The budget without the watchdog. */
+static void sb_arm_budget(sl_sandbox_t *sb, const char *phase, uint32_t ms)
+{
+    sb_watch_stop(sb);
     sb->phase = phase;
     sb->budget_ms = ms;
     sb->instr = 0;
@@ -126,9 +251,16 @@ void sl_policy_sandbox_arm(sl_sandbox_t *sb, const char *phase, uint32_t ms)
     sb->armed = 1;
 }
 
+void sl_policy_sandbox_arm(sl_sandbox_t *sb, const char *phase, uint32_t ms)
+{
+    sb_arm_budget(sb, phase, ms);
+    sb_watch_start(sb, ms);
+}
+
 void sl_policy_sandbox_disarm(sl_sandbox_t *sb)
 {
     sb->armed = 0;
+    sb_watch_stop(sb);
 }
 
 int sl_policy_sandbox_msghandler(lua_State *L)
@@ -800,8 +932,7 @@ int sl_policy_sandbox_open(sl_sandbox_t *sb, size_t mem_cap, const char *label, 
         const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "unknown error";
         snprintf(err, errlen, "cannot set up the sandbox: %s%s", msg,
                  status == LUA_ERRMEM ? " (memory cap too small?)" : "");
-        lua_close(L);
-        sb->L = NULL;
+        sl_policy_sandbox_close(sb);
         return status == LUA_ERRMEM ? SL_ENOMEM : SL_EPOLICY;
     }
     return 0;
@@ -813,7 +944,13 @@ void sl_policy_sandbox_close(sl_sandbox_t *sb)
         return;
     /* Finalizers run with hooks off; policies cannot set __gc, so only C ones remain.
      * The budget is armed anyway so any Lua code reached on the way is bounded. */
-    sl_policy_sandbox_arm(sb, "close", 1000);
+    sl_policy_sandbox_disarm(sb);
+    if (sb->has_timer) { /* no signal may reach a state being freed */
+        timer_delete(sb->timer);
+        sb->has_timer = 0;
+    }
+    sb_arm_budget(sb, "close", 1000);
     lua_close(sb->L);
+    sb->armed = 0;
     sb->L = NULL;
 }

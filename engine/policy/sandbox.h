@@ -3,6 +3,10 @@
 #ifndef SL_POLICY_SANDBOX_H
 #define SL_POLICY_SANDBOX_H
 
+#include <signal.h>
+#include <sys/types.h>
+#include <time.h>
+
 #include <lua.h>
 
 #include "policy.h"
@@ -14,13 +18,19 @@ typedef struct sl_sandbox {
     size_t mem_cap;
     int mem_refused;       /* an allocation was refused since the last arm */
     /* time and instruction budget, enforced by a count hook and by the C wrappers */
-    int armed;
+    volatile sig_atomic_t armed;
     int expired;           /* the budget ran out; pcall/xpcall re-raise from now on */
     uint64_t deadline_ns;  /* CLOCK_MONOTONIC */
     uint64_t instr;        /* VM instructions counted since arming */
     uint64_t instr_cap;
     uint32_t budget_ms;
     const char *phase;     /* "load", "selftest", "place", "drain_order" */
+    /* watchdog: a per-state POSIX timer that, at the deadline, makes the hook fire on the
+     * very next instruction or call (see sandbox.c) */
+    int has_timer;
+    timer_t timer;
+    pid_t timer_tid;                /* the thread the timer signals */
+    volatile sig_atomic_t watch_fired;
     /* log(): who speaks, and a token bucket so a policy cannot flood stderr */
     char label[SL_ID_MAX + 8];
     double log_tokens;
