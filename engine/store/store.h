@@ -60,6 +60,9 @@ void sl_store_mem_fail_writes(sl_store_t *s, int fail);
 /* SQLite in `path` (created if missing): WAL, synchronous=FULL. On failure returns a
  * negative code with a message naming the file in err. */
 int sl_store_sqlite_open(const char *path, sl_store_t **out, char *err, size_t errlen);
+/* The message of the last failed call on a SQLite store ("store PATH: save liveness: disk
+ * I/O error"), or "" for none or for another kind of store. */
+const char *sl_store_sqlite_errmsg(sl_store_t *s);
 
 void sl_store_free(sl_store_t *s);
 
