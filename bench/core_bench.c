@@ -37,6 +37,7 @@ int main(int argc, char **argv)
     sl_core_config_t cfg;
     sl_core_config_default(&cfg);
     cfg.balance_interval_ms = 1; /* every idle round runs the balance check */
+    cfg.node_timeout_ms = 0;     /* no heartbeats are played here */
     sl_core_t *core;
     if (sl_core_new(&cfg, &core)) return 1;
     char id[2 * SL_ID_MAX], node[SL_ID_MAX], cf[SL_ID_MAX];

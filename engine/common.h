@@ -15,6 +15,11 @@
 #define SL_ENOMEM (-12)    /* out of memory */
 #define SL_EPOLICY (-1000) /* the policy failed (error, budget, wrong result) */
 #define SL_ELIMIT (-1001)  /* a configured limit is reached */
+#define SL_EIO (-5)               /* the store could not write or read */
+#define SL_ENOTENOUGH (-1002)     /* D1: fewer than 2 Alive nodes */
+#define SL_ECOORDINATOR (-1003)   /* D1: the target is the coordinator's own node */
+#define SL_ESTOPPING (-1004)      /* D1/D3: the node is Stopping (or its drain completed) */
+#define SL_ENOTREADY (-1005)      /* D1: the coordinator is still bootstrapping */
 
 #define SL_ID_MAX 64      /* longest node, task or changefeed id, including the NUL */
 #define SL_ERRMSG_MAX 512 /* longest error message carried across a module boundary */

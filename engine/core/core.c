@@ -78,6 +78,10 @@ void sl_core_config_default(sl_core_config_t *cfg)
         .balance_interval_ms = 1000,
         .balance_cooldown_ms = 15000,
         .balance_tolerance = 1,
+        .heartbeat_interval_ms = 1000,
+        .node_timeout_ms = 10000,
+        .bootstrap_ms = 0,
+        .epoch_gate = 1,
     };
 }
 
@@ -93,6 +97,7 @@ int sl_core_new(const sl_core_config_t *cfg, sl_core_t **out)
         core->cfg.backoff_max_ms = core->cfg.step_timeout_ms;
     core->absent_head = core->absent_tail = SL_NONE;
     core->drain_target = SL_NONE;
+    core->view_exclude = SL_NONE;
     core->next_op_id = 1;
     core->stats.waiting = core->waiting;
     int rc = sl_policy_builtin_new(&core->builtin);
@@ -122,12 +127,15 @@ void sl_core_free(sl_core_t *core)
         if (core->nodes[i].live) node_release(&core->nodes[i]);
     for (size_t i = 0; i < core->tasks_cap; i++)
         if (core->tasks[i].live) free(core->tasks[i].id);
+    sl_drain__free(core);
     for (size_t i = 0; i < core->nchangefeeds; i++) free(core->changefeeds[i]);
     for (size_t i = 0; i < core->refusal_len; i++)
         free(core->refusals[(core->refusal_first + i) % SL_REFUSAL_KEEP]);
     free(core->nodes);
     free(core->tasks);
     free(core->changefeeds);
+    free(core->cf_reports);
+    free(core->scratch_dest);
     free(core->ops);
     free(core->outbox);
     free(core->scratch_tasks);
@@ -251,6 +259,7 @@ void sl_core__task_delete(sl_core_t *core, int32_t t)
     sl_task_t *task = &core->tasks[t];
     sl_core__unbind(core, t);
     sl_core__absent_remove(core, t);
+    sl_drain__on_task_delete(core, t);
     sl_map_del(&core->task_map, task->id);
     free(task->id);
     task->id = NULL;
@@ -270,10 +279,20 @@ int sl_core__emit(sl_core_t *core, sl_msg_type_t type, int32_t node, int32_t tas
         core->outbox_cap = cap;
     }
     sl_msg_t *m = &core->outbox[core->outbox_len++];
+    memset(m, 0, sizeof *m);
     m->type = type;
     m->op_id = op_id;
     snprintf(m->node, sizeof m->node, "%s", core->nodes[node].id);
-    snprintf(m->task, sizeof m->task, "%s", core->tasks[task].id);
+    if (type == SL_MSG_DRAIN) {
+        snprintf(m->target, sizeof m->target, "%s", core->record.target);
+        m->epoch = core->record.epoch;
+    } else {
+        const sl_task_t *t = &core->tasks[task];
+        snprintf(m->task, sizeof m->task, "%s", t->id);
+        snprintf(m->changefeed, sizeof m->changefeed, "%s", core->changefeeds[t->changefeed]);
+        m->kind = (sl_task_kind_t)t->kind;
+        m->weight = t->weight;
+    }
     return 0;
 }
 
@@ -327,6 +346,9 @@ int sl_core_node_join(sl_core_t *core, const char *id, const char *addr)
         goto fail;
     }
     n->live = true;
+    n->join_seq = ++core->join_seq;
+    n->last_seen_ms = core->now_ms;
+    sl_drain__on_join(core, slot);
     return 0;
 fail:
     free(n->id);
@@ -336,7 +358,7 @@ fail:
     return rc;
 }
 
-static void drain_clear(sl_core_t *core)
+void sl_core__drain_clear(sl_core_t *core)
 {
     for (size_t i = 0; i < core->drain_queue.len; i++) {
         int32_t t = core->drain_queue.v[i];
@@ -347,7 +369,7 @@ static void drain_clear(sl_core_t *core)
     core->drain_target = SL_NONE;
     core->drain_ended = true;
     core->drain_ended_ms = core->now_ms;
-    core->stats.epoch++;
+    core->drain_controlled = false;
 }
 
 int sl_core_node_leave(sl_core_t *core, const char *id)
@@ -357,7 +379,8 @@ int sl_core_node_leave(sl_core_t *core, const char *id)
     if (!n) return SL_ENOENT;
     sl_op__on_node_leave(core, slot);
     while (n->head != SL_NONE) sl_core__absent_push(core, n->head); /* its tasks are absent now */
-    if (core->drain_target == slot) drain_clear(core); /* D9: the target is gone */
+    sl_drain__on_leave(core, slot); /* D9: a target that leaves loses its drain */
+    if (core->drain_target == slot) sl_core__drain_clear(core);
     for (size_t i = 0; i < core->node_order.len; i++) {
         if (core->node_order.v[i] == slot) {
             memmove(&core->node_order.v[i], &core->node_order.v[i + 1],
@@ -375,7 +398,7 @@ int sl_core_node_leave(sl_core_t *core, const char *id)
         int expected = SL_DRAINING;
         atomic_compare_exchange_strong(&core->nodes[core->drain_target].liveness, &expected,
                                        SL_ALIVE);
-        drain_clear(core);
+        sl_drain__ended(core, SL_DRAIN_CANCELLED, "it is the last node (L4)");
     }
     sl_sched__round(core);
     return 0;
@@ -423,10 +446,14 @@ int sl_core_liveness_cas(sl_core_t *core, const char *id, sl_liveness_t expected
     sl_node_t *n = sl_core__node(core, id, &slot);
     if (!n) return SL_ENOENT;
     if (!sl_liveness_transition_allowed(expected, desired)) return SL_EINVAL;
+    /* the controlled drain target stops only when D8 holds (drain.c) */
+    if (slot == core->drain_target && core->drain_controlled) return SL_EBUSY;
+    if (core->store && core->store->ops->save_liveness(core->store, n->id, (int)desired) != 0)
+        return SL_EIO; /* D4: persisted before it takes effect */
     int e = (int)expected;
     if (!atomic_compare_exchange_strong(&n->liveness, &e, (int)desired)) return SL_EAGAIN;
     /* the drain target that stops has been drained (or shut down): the drain is over */
-    if (slot == core->drain_target && desired == SL_STOPPING) drain_clear(core);
+    if (slot == core->drain_target && desired == SL_STOPPING) sl_core__drain_clear(core);
     return 0;
 }
 
@@ -446,7 +473,6 @@ int sl_core_drain_mark(sl_core_t *core, const char *id)
     core->drain_queue.len = 0;
     core->drain_cursor = 0;
     core->drain_order_dirty = true;
-    core->stats.epoch++;
     sl_sched__round(core);
     return 0;
 }
@@ -457,10 +483,11 @@ int sl_core_drain_unmark(sl_core_t *core, const char *id)
     sl_node_t *n = sl_core__node(core, id, &slot);
     if (!n) return SL_ENOENT;
     if (core->drain_target != slot) return SL_EINVAL;
+    if (core->drain_controlled) return SL_EBUSY; /* sl_core_drain_cancel owns it */
     int e = SL_DRAINING;
     /* D3 is the one sanctioned way back from Draining besides L4 */
     if (!atomic_compare_exchange_strong(&n->liveness, &e, SL_ALIVE)) return SL_EAGAIN;
-    drain_clear(core);
+    sl_core__drain_clear(core);
     return 0;
 }
 
@@ -480,6 +507,9 @@ static int32_t intern_changefeed(sl_core_t *core, const char *cf)
         char **v = realloc(core->changefeeds, cap * sizeof *v);
         if (!v) return SL_ENOMEM;
         core->changefeeds = v;
+        sl_cf_t *r = realloc(core->cf_reports, cap * sizeof *r);
+        if (!r) return SL_ENOMEM;
+        core->cf_reports = r;
         core->changefeeds_cap = cap;
     }
     char *copy = strdup(cf);
@@ -489,6 +519,7 @@ static int32_t intern_changefeed(sl_core_t *core, const char *cf)
         free(copy);
         return SL_ENOMEM;
     }
+    core->cf_reports[core->nchangefeeds] = (sl_cf_t){0};
     core->changefeeds[core->nchangefeeds++] = copy;
     return i;
 }
@@ -523,6 +554,10 @@ int sl_core_task_add(sl_core_t *core, const char *id, sl_task_kind_t kind, const
                         .kind = (uint8_t)kind,
                         .live = true};
     core->ntasks++;
+    if (kind == SL_TASK_MAINTAINER && !core->cf_reports[cf].maintained) {
+        core->cf_reports[cf].maintained = true;
+        core->maintained_cfs++;
+    }
     sl_core__absent_push(core, t);
     return 0;
 }
@@ -562,6 +597,7 @@ int sl_core_report(sl_core_t *core, const char *node, const char *task, sl_repor
 int sl_core_tick(sl_core_t *core, uint64_t now_ms)
 {
     if (now_ms > core->now_ms) core->now_ms = now_ms;
+    sl_drain__tick(core);
     sl_op__timeouts(core);
     sl_sched__round(core);
     return 0;
@@ -588,7 +624,7 @@ static void fill_node_info(sl_node_t *n, sl_node_info_t *out)
                             .addr = n->addr,
                             .liveness = node_liveness(n),
                             .maintainers = n->count[SL_TASK_MAINTAINER],
-                            .dispatchers = n->count[SL_TASK_DISPATCHER],
+                            .dispatchers = n->count[SL_TASK_DISPATCHER] + n->reported_dispatchers,
                             .inflight = n->ops_to,
                             .ops_from = n->ops_from,
                             .ops_to = n->ops_to};
@@ -650,6 +686,7 @@ void sl_core_stats(sl_core_t *core, sl_core_stats_t *out)
     core->stats.drain_in_progress = sl_op__drain_in_progress(core);
     core->stats.absent = core->absent;
     core->stats.waiting = core->waiting;
+    core->stats.epoch = core->record.epoch;
     *out = core->stats;
 }
 

@@ -16,6 +16,7 @@
 
 #include "../common.h"
 #include "../policy/policy.h"
+#include "../store/store.h"
 
 typedef struct sl_core sl_core_t;
 
@@ -41,6 +42,13 @@ typedef struct {
     uint64_t balance_interval_ms; /* S3: time between balance rounds; default 1000 */
     uint64_t balance_cooldown_ms; /* S3: balance pause after a drain ends; default 15000 */
     uint32_t balance_tolerance;   /* S3: a node is overloaded above ceil(avg)+this; 1 */
+    char coordinator_node[SL_ID_MAX]; /* D1: the node the coordinator runs on, or "" */
+    uint64_t heartbeat_interval_ms;   /* D5: drain notification resent this often; 1000 */
+    uint64_t node_timeout_ms;     /* A5: a node silent this long is dead; 10000; 0: never */
+    uint64_t bootstrap_ms;        /* D4/A5: after recovery, wait this long for reports; 0:
+                                   * node_timeout_ms */
+    int epoch_gate;               /* D5: nodes that have not acknowledged the current epoch
+                                   * receive no new task; default 1 */
 } sl_core_config_t;
 
 void sl_core_config_default(sl_core_config_t *cfg);
@@ -67,7 +75,98 @@ int sl_core_liveness(sl_core_t *core, const char *id, sl_liveness_t *out);
 int sl_core_liveness_cas(sl_core_t *core, const char *id, sl_liveness_t expected,
                          sl_liveness_t desired);
 
-/* ---- drain (the drain scheduler's side; the full protocol is engine/core/drain) ----- */
+/* ---- drain controller (D1–D12) ------------------------------------------------------ */
+
+typedef enum {
+    SL_DRAIN_NONE = 0,      /* this node was never drained (or its record is gone) */
+    SL_DRAIN_DRAINING = 1,
+    SL_DRAIN_COMPLETED = 2, /* D8 held; the node went Draining→Stopping */
+    SL_DRAIN_CANCELLED = 3, /* D3 */
+    SL_DRAIN_LOST = 4,      /* D9: the target left the cluster during the drain */
+} sl_drain_state_t;
+
+const char *sl_drain_state_name(sl_drain_state_t s);
+
+typedef struct {
+    uint32_t maintainers; /* on the target now */
+    uint32_t dispatchers; /* on the target now, as the maintainers last reported */
+    int completed;        /* the target held nothing and went straight to Stopping */
+} sl_drain_counts_t;
+
+/* D1: starts draining `id`, persisting the record and liveness first (D4). Returns 0 with
+ * the counts (again with the current counts for the same target: idempotent), or
+ * SL_ENOENT, SL_ENOTENOUGH (fewer than 2 Alive nodes), SL_ECOORDINATOR, SL_EBUSY (another
+ * target, D2), SL_ESTOPPING, SL_ENOTREADY (bootstrapping), SL_EIO (the store failed;
+ * nothing changed). */
+int sl_core_drain_start(sl_core_t *core, const char *id, uint64_t now_ms, sl_drain_counts_t *out);
+/* D3: cancels the running drain of `id`. SL_ENOENT (no such node), SL_EINVAL (`id` is not
+ * being drained), SL_ESTOPPING (its drain has completed), SL_EIO. */
+int sl_core_drain_cancel(sl_core_t *core, const char *id, uint64_t now_ms);
+
+typedef struct {
+    int is_draining;            /* a drain of any node runs */
+    const char *target;         /* the node being drained, or NULL */
+    uint64_t epoch;
+    sl_drain_state_t state;     /* of the node asked about */
+    uint64_t started_at_ms;
+    uint32_t initial_maintainers, initial_dispatchers;
+    uint32_t remaining_maintainers, remaining_dispatchers; /* never both 0 before D8 holds */
+    double progress;            /* 0..1 */
+    double speed;               /* tasks per second since the start */
+    double left_seconds;        /* -1 when unknown */
+    const char *blocked;        /* why it cannot move on, or "" (D10) */
+} sl_drain_status_t;
+
+/* D11 for node `id` (which may have left, for a lost drain). SL_ENOENT when the node is
+ * unknown and has no drain record. */
+int sl_core_drain_status(sl_core_t *core, const char *id, uint64_t now_ms, sl_drain_status_t *out);
+/* D11 remaining_dispatchers_by_changefeed of the current drain; i < the count. */
+size_t sl_core_drain_remaining_count(sl_core_t *core);
+int sl_core_drain_remaining_at(sl_core_t *core, size_t i, const char **changefeed, uint32_t *n);
+
+typedef struct {
+    const char *task;
+    const char *to; /* NULL: the policy would leave it waiting */
+} sl_plan_move_t;
+
+/* D12: the moves the live policy would make for every task on `id`, in the node's own
+ * order, without acting (nothing is counted, no operator starts). `out` holds up to `max`; *n gets how many were planned. Strings stay
+ * valid until the next event. */
+int sl_core_drain_plan(sl_core_t *core, const char *id, sl_plan_move_t *out, size_t max,
+                       size_t *n);
+
+/* ---- heartbeats and maintainer reports (D5, D6, A5) ----------------------------------- */
+
+/* A node is alive and has acknowledged `acked_epoch`. Stale epochs are ignored. */
+int sl_core_heartbeat(sl_core_t *core, const char *node, uint64_t acked_epoch, uint64_t now_ms);
+
+typedef struct {
+    const char *node;
+    uint32_t count;
+} sl_node_count_t;
+
+/* D6: a maintainer reports, for `epoch`, how many of its dispatchers remain on the drain
+ * target and how many it has on each node. Reports for other epochs are ignored. */
+int sl_core_changefeed_report(sl_core_t *core, const char *changefeed, uint64_t epoch,
+                              uint32_t remaining_on_target, const sl_node_count_t *by_node,
+                              size_t n, uint64_t now_ms);
+/* A2: the dispatchers of `changefeed` by node, as its maintainer last reported. */
+size_t sl_core_changefeed_nodes(sl_core_t *core, const char *changefeed);
+int sl_core_changefeed_node_at(sl_core_t *core, const char *changefeed, size_t i,
+                               sl_node_count_t *out);
+
+/* ---- persistence (D4) ----------------------------------------------------------------- */
+
+/* The store the core writes its drain record and liveness to; NULL: none. Borrowed. */
+void sl_core_set_store(sl_core_t *core, sl_store_t *store);
+/* After a coordinator restart: reads the drain record and liveness back and bootstraps for
+ * bootstrap_ms, placing nothing (tasks may be running, A5) and refusing drains
+ * (SL_ENOTREADY) while nodes report. Then the drain resumes if its target came back, or
+ * its record is cleared (D4). */
+int sl_core_recover(sl_core_t *core, uint64_t now_ms);
+int sl_core_bootstrapping(sl_core_t *core);
+
+/* ---- drain primitives (the drain scheduler's side) ---------------------------------- */
 
 /* Alive→Draining by CAS and make the node the drain target. SL_EBUSY when another node
  * is the target (D2). L4: if it is the only node, it stays Alive and SL_ELIMIT. */
@@ -109,13 +208,22 @@ int sl_core_tick(sl_core_t *core, uint64_t now_ms);
 
 /* ---- outbox ----------------------------------------------------------------------- */
 
-typedef enum { SL_MSG_START = 0, SL_MSG_STOP = 1 } sl_msg_type_t;
+typedef enum {
+    SL_MSG_START = 0, /* run `task` on `node` */
+    SL_MSG_STOP = 1,  /* stop `task` on `node` */
+    SL_MSG_DRAIN = 2, /* D5: tell `node` the drain target (or "") and epoch */
+} sl_msg_type_t;
 
 typedef struct {
     sl_msg_type_t type;
-    char node[SL_ID_MAX];
-    char task[SL_ID_MAX];
-    uint64_t op_id; /* the operator that sent it; retries resend the same id */
+    char node[SL_ID_MAX];   /* where the message goes */
+    char task[SL_ID_MAX];   /* START/STOP; "" for DRAIN */
+    uint64_t op_id;         /* the operator that sent it; retries resend the same id */
+    sl_task_kind_t kind;    /* START/STOP: the task's kind */
+    uint32_t weight;        /* START: the task's weight (a maintainer: its table count) */
+    char changefeed[SL_ID_MAX]; /* START/STOP: the task's changefeed */
+    char target[SL_ID_MAX]; /* DRAIN: the drain target, "" when none */
+    uint64_t epoch;         /* DRAIN: the current epoch */
 } sl_msg_t;
 
 /* Messages emitted since the last sl_core_outbox_clear(). */

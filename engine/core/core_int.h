@@ -43,7 +43,26 @@ typedef struct {
     int32_t head, tail;      /* bound tasks, in binding order */
     sl_label_t *labels;
     size_t nlabels;
+    uint64_t join_seq;       /* tells a node from an earlier one with the same id */
+    uint64_t acked_epoch;    /* D5: the newest epoch the node acknowledged */
+    uint64_t last_seen_ms;   /* A5: last heartbeat (or join) */
+    uint32_t reported_dispatchers; /* D6: dispatchers here, as maintainers last reported */
 } sl_node_t;
+
+/* D6: what a changefeed's maintainer last reported. */
+typedef struct {
+    int32_t node;      /* node slot */
+    uint64_t join_seq; /* of that node when reported; a stale entry no longer counts */
+    uint32_t count;
+} sl_cf_node_t;
+
+typedef struct {
+    uint64_t report_epoch; /* 0: never reported */
+    uint32_t remaining;    /* on the drain target, for report_epoch */
+    sl_cf_node_t *by_node;
+    size_t nby_node;
+    bool maintained;       /* a maintainer task of this changefeed exists */
+} sl_cf_t;
 
 typedef struct {
     char *id;
@@ -108,8 +127,12 @@ struct sl_core {
     sl_map_t task_map;
 
     char **changefeeds;
+    sl_cf_t *cf_reports; /* parallel to changefeeds */
     size_t nchangefeeds, changefeeds_cap;
     sl_map_t changefeed_map;
+    uint32_t maintained_cfs; /* changefeeds with a maintainer task */
+    uint32_t epoch_reported; /* of those, how many reported for the current epoch (D8) */
+    uint64_t epoch_remaining; /* the sum of their remaining dispatchers on the target */
 
     int32_t absent_head, absent_tail;
     uint32_t absent;
@@ -124,6 +147,24 @@ struct sl_core {
     uint64_t next_op_id;
 
     int32_t drain_target; /* node slot or SL_NONE */
+    /* the drain controller (drain.c) */
+    sl_store_t *store;        /* borrowed; NULL: nothing is persisted */
+    sl_drain_record_t record; /* D4: target "" when none; epoch always current */
+    bool drain_controlled;    /* the target was set by sl_core_drain_start (D8 applies) */
+    char last_target[SL_ID_MAX]; /* the node of the latest drain, and how it ended */
+    sl_drain_state_t last_state;
+    sl_drain_record_t last_record;
+    char drain_blocked[SL_ERRMSG_MAX];
+    uint64_t join_seq;
+    uint64_t last_notify_ms;
+    bool bootstrapping;
+    uint64_t bootstrap_until_ms;
+    sl_drain_record_t recovered;  /* the record read back by sl_core_recover */
+    char **recovered_stopping;    /* nodes the store says were Stopping */
+    size_t nrecovered_stopping;
+    sl_node_count_t *remaining;   /* D11 by changefeed: .node holds the changefeed id */
+    size_t nremaining, remaining_cap;
+    int32_t view_exclude;         /* a node slot left out of the view (D12), or SL_NONE */
     sl_ivec_t drain_queue;   /* drain_order's answer, consumed from drain_cursor */
     size_t drain_cursor;
     bool drain_order_dirty;
@@ -144,6 +185,7 @@ struct sl_core {
     sl_place_task_t *scratch_tasks;
     int32_t *scratch_task_slots;
     sl_decision_t *scratch_out;
+    int32_t *scratch_dest; /* decided node slot per candidate, or SL_NONE */
     size_t scratch_cap;
     sl_place_node_t *view;
     int32_t *view_slot;  /* view index → node slot */
@@ -159,6 +201,7 @@ void sl_core__drain_requeue(sl_core_t *core, int32_t t);
 void sl_core__absent_push(sl_core_t *core, int32_t t);
 void sl_core__absent_remove(sl_core_t *core, int32_t t);
 void sl_core__task_delete(sl_core_t *core, int32_t t);
+void sl_core__drain_clear(sl_core_t *core);
 int sl_core__emit(sl_core_t *core, sl_msg_type_t type, int32_t node, int32_t task,
                   uint64_t op_id);
 void sl_core__refuse(sl_core_t *core, const char *fmt, ...)
@@ -176,5 +219,19 @@ uint32_t sl_op__capacity(const sl_core_t *core);
 
 /* sched.c */
 void sl_sched__round(sl_core_t *core);
+size_t sl_sched__build_view(sl_core_t *core);
+int sl_sched__ensure_scratch(sl_core_t *core, size_t n);
+void sl_sched__add_candidate(sl_core_t *core, size_t i, int32_t t);
+void sl_sched__decide(sl_core_t *core, sl_reason_t reason, size_t n, bool dry);
+
+/* drain.c */
+void sl_drain__on_join(sl_core_t *core, int32_t node);
+void sl_drain__on_leave(sl_core_t *core, int32_t node);
+void sl_drain__on_task_delete(sl_core_t *core, int32_t t);
+void sl_drain__tick(sl_core_t *core);
+void sl_drain__after_round(sl_core_t *core);
+bool sl_drain__gate_open(const sl_core_t *core, const sl_node_t *n);
+void sl_drain__free(sl_core_t *core);
+void sl_drain__ended(sl_core_t *core, sl_drain_state_t how, const char *why);
 
 #endif

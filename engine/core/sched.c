@@ -15,7 +15,7 @@
 
 #include "core_int.h"
 
-static int ensure_scratch(sl_core_t *core, size_t n)
+int sl_sched__ensure_scratch(sl_core_t *core, size_t n)
 {
     if (n <= core->scratch_cap) return 0;
     size_t cap = core->scratch_cap ? core->scratch_cap : 64;
@@ -29,12 +29,15 @@ static int ensure_scratch(sl_core_t *core, size_t n)
     sl_decision_t *out = realloc(core->scratch_out, cap * sizeof *out);
     if (!out) return SL_ENOMEM;
     core->scratch_out = out;
+    int32_t *dest = realloc(core->scratch_dest, cap * sizeof *dest);
+    if (!dest) return SL_ENOMEM;
+    core->scratch_dest = dest;
     core->scratch_cap = cap;
     return 0;
 }
 
 /* The schedulable nodes as policies see them, in join order. Returns their number. */
-static size_t build_view(sl_core_t *core)
+size_t sl_sched__build_view(sl_core_t *core)
 {
     size_t n = core->node_order.len;
     if (core->view_cap < core->nodes_cap) {
@@ -54,11 +57,14 @@ static size_t build_view(sl_core_t *core)
         int32_t s = core->node_order.v[i];
         sl_node_t *node = &core->nodes[s];
         core->view_index[s] = SL_NONE;
+        if (s == core->view_exclude) continue;
         if (atomic_load(&node->liveness) != SL_ALIVE) continue; /* L2 */
+        if (!sl_drain__gate_open(core, node)) continue;          /* D5 */
         size_t k = core->view_len++;
         core->view[k] = (sl_place_node_t){.id = node->id,
                                           .maintainers = node->count[SL_TASK_MAINTAINER],
-                                          .dispatchers = node->count[SL_TASK_DISPATCHER],
+                                          .dispatchers = node->count[SL_TASK_DISPATCHER] +
+                                                         node->reported_dispatchers,
                                           .inflight = node->ops_to,
                                           .labels = node->labels,
                                           .nlabels = node->nlabels};
@@ -73,7 +79,7 @@ static uint32_t view_load(const sl_place_node_t *v)
     return v->maintainers + v->dispatchers + v->inflight;
 }
 
-static void add_candidate(sl_core_t *core, size_t i, int32_t t)
+void sl_sched__add_candidate(sl_core_t *core, size_t i, int32_t t)
 {
     sl_task_t *task = &core->tasks[t];
     core->scratch_task_slots[i] = t;
@@ -96,51 +102,61 @@ static void refuse(sl_core_t *core, sl_policy_t *p, uint64_t n, const char *task
         sl_core__refuse(core, "policy %s (%s): %s", p->name, p->file, what);
 }
 
-/* Acts on one accepted decision. Returns 1 if an operator started. */
+/* Acts on one decision. Returns 1 if an operator started. */
 static int act(sl_core_t *core, sl_reason_t reason, int32_t t, int32_t dest)
 {
     sl_task_t *task = &core->tasks[t];
-    int rc;
-    if (reason == SL_REASON_BASIC) {
-        rc = sl_op__create(core, SL_OP_ADD, reason, t, SL_NONE, dest);
-    } else {
-        if (dest == task->node) return 0; /* staying put is leaving it out */
-        if (reason == SL_REASON_DRAIN && sl_op__drain_in_progress(core) >= core->cfg.drain_batch_size)
-            return 0;
-        if (reason == SL_REASON_BALANCE) {
-            int32_t src = core->view_index[task->node];
-            if (src == SL_NONE ||
-                view_load(&core->view[core->view_index[dest]]) + 1 >= view_load(&core->view[src]))
-                return 0; /* a move that does not even out load is not balance */
-        }
-        rc = sl_op__create(core, SL_OP_MOVE, reason, t, task->node, dest);
+    if (reason == SL_REASON_BASIC)
+        return sl_op__create(core, SL_OP_ADD, reason, t, SL_NONE, dest) == 0;
+    if (dest == task->node) return 0; /* staying put is leaving it out */
+    if (reason == SL_REASON_DRAIN && sl_op__drain_in_progress(core) >= core->cfg.drain_batch_size)
+        return 0;
+    if (reason == SL_REASON_BALANCE) {
+        int32_t src = core->view_index[task->node];
+        /* the destination's load already counts this task (decide planned it) */
+        if (src == SL_NONE ||
+            view_load(&core->view[core->view_index[dest]]) >= view_load(&core->view[src]))
+            return 0; /* a move that does not even out load is not balance */
     }
-    if (rc) return 0;
-    core->view[core->view_index[dest]].inflight++; /* later decisions see this one */
-    return 1;
+    return sl_op__create(core, SL_OP_MOVE, reason, t, task->node, dest) == 0;
 }
 
-/* Resolves a node id a policy returned. Returns the node slot or SL_NONE after refusing. */
-static int32_t check_node(sl_core_t *core, sl_policy_t *p, const char *task, const char *node)
+/* Resolves a node id a policy returned. Returns the node slot, or SL_NONE after refusing
+ * (counted unless `dry`). */
+static int32_t check_node(sl_core_t *core, sl_policy_t *p, const char *task, const char *node,
+                          bool dry)
 {
     char what[SL_ERRMSG_MAX];
     int32_t slot;
     sl_node_t *n = sl_core__node(core, node, &slot);
     if (!n) {
         snprintf(what, sizeof what, "returned node \"%.*s\", which is unknown", SL_ID_MAX, node);
-    } else if (atomic_load(&n->liveness) != SL_ALIVE || core->view_index[slot] == SL_NONE) {
+    } else if (core->view_index[slot] == SL_NONE) {
+        sl_liveness_t l = (sl_liveness_t)atomic_load(&n->liveness);
         snprintf(what, sizeof what, "returned node \"%s\", which is %s", n->id,
-                 atomic_load(&n->liveness) == SL_DRAINING ? "Draining" : "Stopping");
+                 l == SL_DRAINING   ? "Draining"
+                 : l == SL_STOPPING ? "Stopping"
+                                    : "not schedulable (it has not acknowledged the epoch)");
     } else {
         return slot;
     }
-    refuse(core, p, 1, task, what);
+    if (!dry) refuse(core, p, 1, task, what);
     return SL_NONE;
 }
 
+/* A decision for task i: the view counts it at once, so that later decisions of the same
+ * batch (the fallback's included) see it (S4). */
+static void plan(sl_core_t *core, size_t i, int32_t dest)
+{
+    core->scratch_dest[i] = dest;
+    core->view[core->view_index[dest]].inflight++;
+}
+
 /* One batch of `n` candidates (in the scratch arrays) through the policy: one call (P1),
- * every decision checked, refused ones decided by the built-in policy (P3). */
-static void place_batch(sl_core_t *core, sl_reason_t reason, size_t n)
+ * every decision checked, refused ones decided by the built-in policy (P3). Fills
+ * scratch_dest[i] with a node slot or SL_NONE (left out). `dry`: a plan (D12) — nothing
+ * is counted. */
+void sl_sched__decide(sl_core_t *core, sl_reason_t reason, size_t n, bool dry)
 {
     sl_policy_t *p = core->policy ? core->policy : core->builtin;
     sl_place_ctx_t ctx = {.reason = reason,
@@ -148,54 +164,63 @@ static void place_batch(sl_core_t *core, sl_reason_t reason, size_t n)
                           .batch_limit = (uint32_t)n,
                           .now_ms = core->now_ms};
     sl_place_report_t rep = {0};
+    for (size_t i = 0; i < n; i++) core->scratch_dest[i] = SL_NONE;
     memset(core->scratch_out, 0, n * sizeof *core->scratch_out);
-    core->stats.policy_calls++;
+    if (!dry) core->stats.policy_calls++;
     int rc = p->ops->place(p, core->scratch_tasks, n, core->view, core->view_len, &ctx,
                            core->scratch_out, &rep);
-    /* refused[i]: the built-in policy decides task i */
-    uint8_t *refused = calloc(n, 1);
-    if (!refused) return;
+    uint8_t *refused = calloc(n ? n : 1, 1);
+    sl_place_task_t *fb = malloc((n ? n : 1) * sizeof *fb);
+    size_t *fb_index = malloc((n ? n : 1) * sizeof *fb_index);
+    if (!refused || !fb || !fb_index) goto done;
     if (rc) {
-        refuse(core, p, n, NULL, rep.message[0] ? rep.message : "place failed");
+        if (!dry) refuse(core, p, n, NULL, rep.message[0] ? rep.message : "place failed");
         memset(refused, 1, n);
     } else {
-        if (rep.unasked) refuse(core, p, rep.unasked, NULL, rep.message);
+        if (rep.unasked && !dry) refuse(core, p, rep.unasked, NULL, rep.message);
         for (size_t i = 0; i < n; i++) {
             const sl_decision_t *d = &core->scratch_out[i];
             if (d->error) {
-                refuse(core, p, 1, core->scratch_tasks[i].id, d->error);
+                if (!dry) refuse(core, p, 1, core->scratch_tasks[i].id, d->error);
                 refused[i] = 1;
             } else if (d->node) {
-                int32_t dest = check_node(core, p, core->scratch_tasks[i].id, d->node);
+                int32_t dest = check_node(core, p, core->scratch_tasks[i].id, d->node, dry);
                 if (dest == SL_NONE) refused[i] = 1;
-                else act(core, reason, core->scratch_task_slots[i], dest);
+                else plan(core, i, dest);
             }
         }
     }
     if (p == core->builtin) goto done;
-    /* the fallback batch: compact the refused tasks to the front, in order */
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
         if (!refused[i]) continue;
-        core->scratch_tasks[m] = core->scratch_tasks[i];
-        core->scratch_task_slots[m] = core->scratch_task_slots[i];
-        m++;
+        fb[m] = core->scratch_tasks[i];
+        fb_index[m++] = i;
     }
     if (!m) goto done;
-    core->stats.fallbacks += m;
+    if (!dry) core->stats.fallbacks += m;
     ctx.batch_limit = (uint32_t)m;
     memset(core->scratch_out, 0, m * sizeof *core->scratch_out);
-    if (core->builtin->ops->place(core->builtin, core->scratch_tasks, m, core->view,
-                                  core->view_len, &ctx, core->scratch_out, &rep) == 0) {
-        for (size_t i = 0; i < m; i++) {
-            const char *node = core->scratch_out[i].node;
-            int32_t dest = node ? check_node(core, core->builtin, core->scratch_tasks[i].id, node)
-                                : SL_NONE;
-            if (dest != SL_NONE) act(core, reason, core->scratch_task_slots[i], dest);
+    if (core->builtin->ops->place(core->builtin, fb, m, core->view, core->view_len, &ctx,
+                                  core->scratch_out, &rep) == 0) {
+        for (size_t k = 0; k < m; k++) {
+            const char *node = core->scratch_out[k].node;
+            int32_t dest = node ? check_node(core, core->builtin, fb[k].id, node, dry) : SL_NONE;
+            if (dest != SL_NONE) plan(core, fb_index[k], dest);
         }
     }
 done:
     free(refused);
+    free(fb);
+    free(fb_index);
+}
+
+static void place_batch(sl_core_t *core, sl_reason_t reason, size_t n)
+{
+    sl_sched__decide(core, reason, n, false);
+    for (size_t i = 0; i < n; i++)
+        if (core->scratch_dest[i] != SL_NONE)
+            act(core, reason, core->scratch_task_slots[i], core->scratch_dest[i]);
 }
 
 /* Removals wait for operator capacity like everything else (O3). */
@@ -226,15 +251,15 @@ static void basic(sl_core_t *core)
                       core->absent, core->ops_in_progress);
         return;
     }
-    if (!build_view(core)) {
+    if (!sl_sched__build_view(core)) {
         sl_core__wait(core, "%u tasks wait: no schedulable node", core->absent); /* S2 */
         return;
     }
     size_t n = room < core->absent ? room : core->absent;
-    if (ensure_scratch(core, n)) return;
+    if (sl_sched__ensure_scratch(core, n)) return;
     size_t i = 0;
     for (int32_t t = core->absent_head; t != SL_NONE && i < n; t = core->tasks[t].next)
-        add_candidate(core, i++, t);
+        sl_sched__add_candidate(core, i++, t);
     place_batch(core, SL_REASON_BASIC, i);
 }
 
@@ -258,9 +283,9 @@ static void drain_order_refresh(sl_core_t *core)
     if (!p->ops->drain_order) return;
     sl_node_t *target = &core->nodes[core->drain_target];
     size_t n = target->count[0] + target->count[1], k = 0;
-    if (!n || ensure_scratch(core, n)) return;
+    if (!n || sl_sched__ensure_scratch(core, n)) return;
     for (int32_t t = target->head; t != SL_NONE; t = core->tasks[t].next)
-        if (drain_candidate(core, t)) add_candidate(core, k++, t);
+        if (drain_candidate(core, t)) sl_sched__add_candidate(core, k++, t);
     uint32_t *order = malloc((k ? k : 1) * sizeof *order);
     uint8_t *taken = calloc(k ? k : 1, 1);
     if (!order || !taken) goto done;
@@ -299,11 +324,16 @@ static void drain(sl_core_t *core)
     uint32_t room = core->cfg.drain_batch_size > busy ? core->cfg.drain_batch_size - busy : 0;
     if (cap < room) room = cap;
     if (!room || target->head == SL_NONE) return;
-    if (!build_view(core)) {
-        sl_core__wait(core, "drain of %s blocked: no schedulable destination", target->id); /* D10 */
+    if (!sl_sched__build_view(core)) { /* D10 */
+        snprintf(core->drain_blocked, sizeof core->drain_blocked,
+                 "no schedulable destination%s",
+                 core->cfg.epoch_gate && core->record.epoch
+                     ? " (no Alive node has acknowledged the current epoch yet)"
+                     : "");
+        sl_core__wait(core, "drain of %s blocked: %s", target->id, core->drain_blocked);
         return;
     }
-    if (ensure_scratch(core, room)) return;
+    if (sl_sched__ensure_scratch(core, room)) return;
     size_t n = 0;
     sl_policy_t *p = core->policy ? core->policy : core->builtin;
     if (p->ops->drain_order) {
@@ -316,12 +346,12 @@ static void drain(sl_core_t *core)
         }
         for (size_t i = core->drain_cursor; i < core->drain_queue.len && n < room; i++)
             if (drain_candidate(core, core->drain_queue.v[i]))
-                add_candidate(core, n++, core->drain_queue.v[i]);
+                sl_sched__add_candidate(core, n++, core->drain_queue.v[i]);
         if (core->drain_cursor == core->drain_queue.len) core->drain_queue.len = core->drain_cursor = 0;
     } else {
         /* tasks that already move sit at most drain_batch_size deep: the walk is O(batch) */
         for (int32_t t = target->head; t != SL_NONE && n < room; t = core->tasks[t].next)
-            if (drain_candidate(core, t)) add_candidate(core, n++, t);
+            if (drain_candidate(core, t)) sl_sched__add_candidate(core, n++, t);
     }
     if (n) place_batch(core, SL_REASON_DRAIN, n);
 }
@@ -336,12 +366,12 @@ static void balance(sl_core_t *core)
     core->balanced_once = true;
     core->last_balance_ms = core->now_ms;
     uint32_t room = sl_op__capacity(core);
-    size_t nv = build_view(core);
+    size_t nv = sl_sched__build_view(core);
     if (!room || nv < 2) return; /* S3: nothing to even out with fewer than two nodes */
     uint64_t total = 0;
     for (size_t k = 0; k < nv; k++) total += view_load(&core->view[k]);
     uint64_t fair = (total + nv - 1) / nv;
-    if (ensure_scratch(core, room)) return;
+    if (sl_sched__ensure_scratch(core, room)) return;
     size_t n = 0;
     for (size_t k = 0; k < nv && n < room; k++) {
         uint32_t load = view_load(&core->view[k]);
@@ -352,7 +382,7 @@ static void balance(sl_core_t *core)
             sl_task_t *task = &core->tasks[t];
             if (task->op != SL_NONE || task->state != SL_TASK_WORKING || task->remove_pending)
                 continue;
-            add_candidate(core, n++, t);
+            sl_sched__add_candidate(core, n++, t);
             surplus--;
         }
     }
@@ -363,8 +393,16 @@ void sl_sched__round(sl_core_t *core)
 {
     core->stats.rounds++;
     core->waiting[0] = 0;
+    core->drain_blocked[0] = 0;
+    if (core->bootstrapping) {
+        /* A5/D4: tasks may be running where no report has arrived yet; placing them now
+         * could start a second copy */
+        sl_core__wait(core, "bootstrapping: waiting for the nodes' reports");
+        return;
+    }
     run_removals(core);
     basic(core);
     drain(core);
     balance(core);
+    sl_drain__after_round(core);
 }

@@ -38,6 +38,7 @@ static int run_seed(unsigned seed, char *why, size_t whylen)
     cfg.step_timeout_ms = 50;
     cfg.balance_interval_ms = 20;
     cfg.balance_cooldown_ms = 100;
+    cfg.node_timeout_ms = 0; /* this test plays no heartbeats; nodes leave when it says */
     sl_core_t *core;
     if (sl_core_new(&cfg, &core)) return -1;
     memset(running_on, 0, sizeof running_on);

@@ -6,7 +6,7 @@ local Cluster = {}
 Cluster.__index = Cluster
 
 function Cluster.new(core)
-  return setmetatable({ core = core, now = 0, running = {}, sent = {} }, Cluster)
+  return setmetatable({ core = core, now = 0, running = {}, sent = {}, epoch = {}, notices = {} }, Cluster)
 end
 
 -- Which nodes run task `id` (by this cluster's own account).
@@ -19,11 +19,24 @@ function Cluster:owners(id)
   return out
 end
 
--- Takes the outbox once. Returns the messages; does not deliver them.
+-- Takes the outbox once. Returns the start and stop messages; does not deliver them.
+-- Drain notifications (D5) are answered at once, the way nodes acknowledge the epoch in
+-- their next heartbeat, and kept in self.notices.
 function Cluster:take()
-  local msgs = self.core:outbox()
-  for _, m in ipairs(msgs) do self.sent[#self.sent + 1] = m end
-  return msgs
+  local msgs, tasks = self.core:outbox(), {}
+  for _, m in ipairs(msgs) do
+    self.sent[#self.sent + 1] = m
+    if m.type == "drain" then
+      self.notices[#self.notices + 1] = m
+      if m.epoch > (self.epoch[m.node] or 0) then self.epoch[m.node] = m.epoch end
+    else
+      tasks[#tasks + 1] = m
+    end
+  end
+  for _, m in ipairs(msgs) do
+    if m.type == "drain" and not self.mute then self.core:heartbeat(m.node, self.epoch[m.node], self.now) end
+  end
+  return tasks
 end
 
 -- Delivers one message: the node acts and reports. `hook(m)` may return "drop" (lost) or
@@ -59,8 +72,15 @@ function Cluster:settle(hook, max)
   return delivered, held
 end
 
+-- Time passes: every node heartbeats (acknowledging the newest epoch it was told), then
+-- the core ticks. Nodes listed in self.silent stay quiet (a crash the core must notice).
 function Cluster:tick(dt)
   self.now = self.now + (dt or 0)
+  for _, n in ipairs(self.core:nodes()) do
+    if not (self.silent and self.silent[n.id]) then
+      self.core:heartbeat(n.id, self.epoch[n.id] or 0, self.now)
+    end
+  end
   return self.core:tick(self.now)
 end
 
