@@ -11,6 +11,11 @@
  *  - P3 (the policy's half): the answer is checked for shape: not a table fails the call;
  *    a value that is not a string becomes a per-task error; an answer for a task that was
  *    not asked for is counted in report->unasked. Node ids are checked by the core.
+ *  - the node ids handed back are the policy's own strings, valid until the next call on
+ *    the policy: the registry holds the answer table until then.
+ *  - B1 (speed): arguments are built with pre-pushed keys and repeated values pushed once,
+ *    with the collector paused (no policy code runs meanwhile); the answer is read in one
+ *    pass, its keys found by the address of the id strings the policy was given.
  *  - drain_order: the answer must be an array of distinct task ids of the batch; any
  *    other entry fails the call (SL_EPOLICY) and the core keeps its default order.
  *  - every message names the policy, its file, and the line when Lua gives one.
@@ -26,14 +31,23 @@
 #include "sandbox.h"
 
 #define HOST_FILE_MAX (16u << 20) /* a policy file larger than this is refused */
-#define HOST_STRCACHE 256          /* node id copies remembered during one call */
+#define HOST_SHORTSTR 40           /* Lua 5.4 interns strings up to this length (LUAI_MAXSHORTLEN) */
 
-/* Strings handed back to the core live in blocks that never move until the next call. */
+/* Error messages handed back to the core live in blocks that never move until the next
+ * call. Node ids are not copied: they are the policy's own strings, kept alive by the
+ * answer table, which the registry holds until the next call. */
 typedef struct arena_block {
     struct arena_block *next;
     size_t used, cap;
     char data[];
 } arena_block_t;
+
+/* The Lua string pushed as a task's id, by address. */
+typedef struct {
+    const char *str;
+    uint32_t task; /* the first task with this id */
+    uint32_t gen;  /* the slot is in use when gen is the call's idgen */
+} idslot_t;
 
 typedef struct {
     sl_policy_t base;
@@ -45,6 +59,14 @@ typedef struct {
     arena_block_t *arena;
     uint32_t *slots; /* open addressing: task index + 1, 0 = empty */
     size_t nslots;
+    /* Reused from call to call. idmap finds a task by the address of the id string it was
+     * given (the answer's keys are mostly those very strings); same_id[i] is the next task
+     * with the same id as task i, index + 1, 0 = none. */
+    idslot_t *idmap;
+    size_t nidmap;
+    uint32_t idgen;
+    uint32_t *same_id;
+    size_t nsame;
 } lua_policy_t;
 
 typedef struct {
@@ -60,9 +82,9 @@ typedef struct {
     sl_place_report_t *report;
     char err[SL_ERRMSG_MAX]; /* a shape error found by C, without a Lua error */
     int oom;
-    struct {
-        const char *lua, *copy;
-    } cache[HOST_STRCACHE];
+    int gc_stopped; /* the collector was stopped while the arguments were built */
+    size_t nlong;   /* task ids too long to be interned */
+    size_t dups;    /* tasks whose id an earlier task of the batch has too */
 } call_t;
 
 /* ---- small helpers ------------------------------------------------------------------- */
@@ -165,6 +187,122 @@ static long find_task(const lua_policy_t *lp, const sl_place_task_t *tasks, cons
     return -1;
 }
 
+/* Room for the id map and the same-id chains of a batch of ntasks; before the call, so the
+ * call itself never allocates on the C side for them. */
+static int reserve_ids(lua_policy_t *lp, size_t ntasks)
+{
+    size_t want = 16;
+    while (want < ntasks * 2)
+        want *= 2;
+    if (want > lp->nidmap) {
+        idslot_t *map = calloc(want, sizeof *map);
+        if (map == NULL)
+            return SL_ENOMEM;
+        free(lp->idmap);
+        lp->idmap = map;
+        lp->nidmap = want;
+        lp->idgen = 0;
+    }
+    if (ntasks > lp->nsame) {
+        uint32_t *same = realloc(lp->same_id, ntasks * sizeof *same);
+        if (same == NULL)
+            return SL_ENOMEM;
+        lp->same_id = same;
+        lp->nsame = ntasks;
+    }
+    /* a new generation empties the map without touching it */
+    if (++lp->idgen == 0) {
+        memset(lp->idmap, 0, lp->nidmap * sizeof *lp->idmap);
+        lp->idgen = 1;
+    }
+    return 0;
+}
+
+static size_t hash_ptr(const char *s)
+{
+    uint64_t h = (uint64_t)(uintptr_t)s * 0x9e3779b97f4a7c15ull;
+    return (size_t)(h >> 32);
+}
+
+/* Puts task i after task `head` in head's chain of tasks with the same id. */
+static void same_id_link(lua_policy_t *lp, uint32_t head, uint32_t i)
+{
+    lp->same_id[i] = lp->same_id[head];
+    lp->same_id[head] = i + 1;
+}
+
+/* Task i was given the Lua string at address s as its id. Returns 1 when an earlier task
+ * has the same string. */
+static int id_note(lua_policy_t *lp, const char *s, uint32_t i)
+{
+    size_t mask = lp->nidmap - 1;
+    lp->same_id[i] = 0;
+    for (size_t h = hash_ptr(s) & mask;; h = (h + 1) & mask) {
+        idslot_t *e = &lp->idmap[h];
+        if (e->gen != lp->idgen) {
+            *e = (idslot_t){.str = s, .task = i, .gen = lp->idgen};
+            return 0;
+        }
+        if (e->str == s) { /* the same interned string: a duplicate id */
+            same_id_link(lp, e->task, i);
+            return 1;
+        }
+    }
+}
+
+/* The first task given the Lua string at address s, or -1. */
+static long id_find(const lua_policy_t *lp, const char *s)
+{
+    size_t mask = lp->nidmap - 1;
+    for (size_t h = hash_ptr(s) & mask;; h = (h + 1) & mask) {
+        const idslot_t *e = &lp->idmap[h];
+        if (e->gen != lp->idgen)
+            return -1;
+        if (e->str == s)
+            return (long)e->task;
+    }
+}
+
+/* The address of the id string task i was given (ids[i + 1]). */
+static const char *id_string(lua_State *L, int ids, size_t i)
+{
+    lua_rawgeti(L, ids, (lua_Integer)i + 1);
+    const char *s = lua_tostring(L, -1); /* anchored by ids */
+    lua_pop(L, 1);
+    return s;
+}
+
+/* Long ids are not interned: an id pushed twice is two strings. Chains them by content,
+ * so either string finds every task with that id; *dups counts the tasks chained. */
+static int link_long_ids(lua_State *L, int ids, lua_policy_t *lp,
+                         const sl_place_task_t *tasks, size_t ntasks, size_t *dups)
+{
+    if (index_tasks(lp, tasks, ntasks) != 0)
+        return SL_ENOMEM;
+    size_t mask = lp->nidmap - 1;
+    for (size_t i = 0; i < ntasks; i++) {
+        size_t len = strlen(tasks[i].id);
+        if (len <= HOST_SHORTSTR)
+            continue;
+        long first = find_task(lp, tasks, tasks[i].id, len);
+        if (first < 0 || (size_t)first == i)
+            continue;
+        const char *s = id_string(L, ids, i);
+        if (s == id_string(L, ids, (size_t)first))
+            continue; /* interned after all: id_note chained them already */
+        for (size_t h = hash_ptr(s) & mask;; h = (h + 1) & mask) {
+            idslot_t *e = &lp->idmap[h];
+            if (e->gen == lp->idgen && e->str == s) {
+                e->task = (uint32_t)first;
+                break;
+            }
+        }
+        same_id_link(lp, (uint32_t)first, (uint32_t)i);
+        (*dups)++;
+    }
+    return 0;
+}
+
 /* Turns a Lua message "src:LINE: text" into "policy <name> (<file>:LINE): text", or
  * "policy <name> (<file>): text" when it carries no position. Before the policy has a
  * name (name NULL, while loading): "policy <file>:LINE: text" / "policy <file>: text". */
@@ -224,6 +362,10 @@ static int host_run(lua_policy_t *lp, lua_CFunction fn, call_t *call)
     lua_pushlightuserdata(L, call);
     int status = lua_pcall(L, 1, 0, 1);
     sl_policy_sandbox_disarm(&lp->sb);
+    if (call->gc_stopped) { /* an error while the arguments were built */
+        lua_gc(L, LUA_GCRESTART);
+        call->gc_stopped = 0;
+    }
     return status;
 }
 
@@ -258,12 +400,14 @@ static void set_int(lua_State *L, int base, int key, int tbl, lua_Integer v)
     lua_rawset(L, tbl);
 }
 
-/* The tasks array; when ids > 0, ids[i] = the task's id string as well, so answers can be
- * looked up with the very strings the policy saw. Repeated strings (a maintainer's
- * changefeed is its id; the drain target is every task's `from`) are pushed once. */
-static void push_tasks(lua_State *L, int base, const sl_place_task_t *tasks, size_t ntasks,
-                       int ids)
+/* The tasks array; when ids > 0, ids[i] = the task's id string as well, which keeps it
+ * alive until the answer is read, and the id map learns its address, so answers are found
+ * by the very strings the policy saw. Repeated strings (a maintainer's changefeed is its
+ * id; the drain target is every task's `from`) are pushed once. */
+static void push_tasks(lua_State *L, int base, call_t *c, int ids)
 {
+    const sl_place_task_t *tasks = c->tasks;
+    size_t ntasks = c->ntasks;
     lua_pushnil(L); /* slot of the last `from` string */
     int from_slot = lua_gettop(L);
     const char *last_from = NULL;
@@ -271,13 +415,16 @@ static void push_tasks(lua_State *L, int base, const sl_place_task_t *tasks, siz
     int arr = lua_gettop(L);
     for (size_t i = 0; i < ntasks; i++) {
         const sl_place_task_t *t = &tasks[i];
-        lua_pushstring(L, t->id);
+        size_t len = strlen(t->id);
+        const char *s = lua_pushlstring(L, t->id, len);
         int idv = lua_gettop(L);
         if (ids > 0) {
             lua_pushvalue(L, idv);
             lua_rawseti(L, ids, (lua_Integer)i + 1);
+            c->dups += (size_t)id_note(c->lp, s, (uint32_t)i);
+            c->nlong += len > HOST_SHORTSTR;
         }
-        lua_createtable(L, 0, 5);
+        lua_createtable(L, 0, t->from != NULL ? 5 : 4);
         int tt = lua_gettop(L);
         lua_pushvalue(L, base + K_ID - 1);
         lua_pushvalue(L, idv);
@@ -373,17 +520,8 @@ static void decide(call_t *c, size_t i, lua_State *L)
     if (vt == LUA_TSTRING) {
         size_t len;
         const char *s = lua_tolstring(L, -1, &len);
-        if (len < SL_ID_MAX && strlen(s) == len) {
-            /* Node ids repeat across a batch; Lua interns short strings and the answer
-             * table anchors them, so within one call a pointer names one string. */
-            size_t h = ((uintptr_t)s >> 4) & (HOST_STRCACHE - 1);
-            if (c->cache[h].lua != s) {
-                c->cache[h].copy = arena_copy(lp, s, len);
-                c->cache[h].lua = c->cache[h].copy != NULL ? s : NULL;
-            }
-            c->out[i].node = c->cache[h].copy;
-            if (c->out[i].node == NULL)
-                c->oom = 1;
+        if (len < SL_ID_MAX && memchr(s, '\0', len) == NULL) {
+            c->out[i].node = s; /* the answer table, anchored, keeps it */
             return;
         }
         quote_id(id, sizeof id, c->tasks[i].id, strlen(c->tasks[i].id));
@@ -401,18 +539,61 @@ static void decide(call_t *c, size_t i, lua_State *L)
         c->oom = 1;
 }
 
+/* The task an answer's key names, or -1: by address first (the policy keyed its answer
+ * with the id string it was given), then by content (a string it built itself). */
+static long answer_task(call_t *c, lua_State *L, int *indexed)
+{
+    lua_policy_t *lp = c->lp;
+    size_t len;
+    const char *key = lua_tolstring(L, -2, &len);
+    long i = id_find(lp, key);
+    if (i >= 0)
+        return i;
+    if (!*indexed) {
+        if (index_tasks(lp, c->tasks, c->ntasks) != 0) {
+            c->oom = 1;
+            return -1;
+        }
+        *indexed = 1;
+    }
+    return find_task(lp, c->tasks, key, len);
+}
+
+/* Drops what the previous call handed out (P1: valid until the next call). */
+static void forget_answer(lua_State *L, lua_policy_t *lp)
+{
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, lp);
+}
+
 static int place_protected(lua_State *L)
 {
     call_t *c = lua_touserdata(L, 1);
     lua_policy_t *lp = c->lp;
     lua_settop(L, 0);
+    forget_answer(L, lp);
+    /* No policy code runs while the arguments are built, so the collector waits: it would
+     * only walk the very tables being built. The memory cap holds all the same: a refused
+     * allocation runs an emergency collection, then fails. */
+    if (lua_gc(L, LUA_GCISRUNNING)) {
+        lua_gc(L, LUA_GCSTOP);
+        c->gc_stopped = 1;
+    }
     push_keys(L);
     lua_createtable(L, c->ntasks > INT32_MAX ? INT32_MAX : (int)c->ntasks, 0);
     int ids = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, lp->ref_place);
-    push_tasks(L, 1, c->tasks, c->ntasks, ids);
+    push_tasks(L, 1, c, ids);
     push_nodes(L, 1, c->nodes, c->nnodes);
     push_ctx(L, c->ctx);
+    if (c->nlong > 0 && link_long_ids(L, ids, lp, c->tasks, c->ntasks, &c->dups) != 0) {
+        c->oom = 1;
+        return 0;
+    }
+    if (c->gc_stopped) {
+        lua_gc(L, LUA_GCRESTART);
+        c->gc_stopped = 0;
+    }
     sl_policy_sandbox_arm(&lp->sb, "place", lp->call_budget_ms);
     lua_call(L, 3, 1);
     sl_policy_sandbox_disarm(&lp->sb);
@@ -424,37 +605,26 @@ static int place_protected(lua_State *L)
         return 0;
     }
     int res = lua_gettop(L);
-    /* the answers for the batch, looked up raw with the ids the policy was given */
-    size_t found = 0;
-    for (size_t i = 0; i < c->ntasks && !c->oom; i++) {
-        lua_rawgeti(L, ids, (lua_Integer)i + 1);
-        if (lua_rawget(L, res) != LUA_TNIL) {
-            found++;
-            decide(c, i, L);
-        }
-        lua_pop(L, 1);
-    }
-    if (c->oom)
-        return 0;
-    /* anything else in the answer was not asked for; find it only when there is some */
-    size_t keys = 0;
-    lua_pushnil(L);
-    while (lua_next(L, res) != 0) {
-        keys++;
-        lua_pop(L, 1);
-    }
-    if (keys <= found)
-        return 0;
-    if (index_tasks(lp, c->tasks, c->ntasks) != 0) {
-        c->oom = 1;
-        return 0;
-    }
+    lua_pushvalue(L, res);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, lp);
+    /* One pass over the answer: a key names tasks of the batch, or was not asked for. */
+    int indexed = 0;
     lua_pushnil(L);
     while (lua_next(L, res) != 0) {
         if (lua_type(L, -2) == LUA_TSTRING) {
-            size_t len;
-            const char *key = lua_tolstring(L, -2, &len);
-            if (find_task(lp, c->tasks, key, len) < 0) {
+            long i = answer_task(c, L, &indexed);
+            if (c->oom)
+                return 0;
+            if (i >= 0) {
+                decide(c, (size_t)i, L);
+                for (uint32_t t = c->dups > 0 ? lp->same_id[i] : 0; t != 0 && !c->oom;
+                     t = lp->same_id[t - 1])
+                    decide(c, t - 1, L);
+                if (c->oom)
+                    return 0;
+            } else {
+                size_t len;
+                const char *key = lua_tolstring(L, -2, &len);
                 char id[SL_ID_MAX + 8], what[SL_ID_MAX + 32];
                 quote_id(id, sizeof id, key, len);
                 snprintf(what, sizeof what, "for task \"%s\"", id);
@@ -488,6 +658,11 @@ static int lua_place(sl_policy_t *p, const sl_place_task_t *tasks, size_t ntasks
                      "batch too large");
         return SL_EPOLICY;
     }
+    if (reserve_ids(lp, ntasks) != 0) {
+        format_error(report->message, sizeof report->message, prefix, p->file,
+                     "out of memory indexing the batch");
+        return SL_EPOLICY;
+    }
     call_t c = {.lp = lp, .tasks = tasks, .ntasks = ntasks, .nodes = nodes, .nnodes = nnodes,
                 .ctx = ctx, .out = out, .report = report};
     int status = host_run(lp, place_protected, &c);
@@ -507,6 +682,7 @@ static int lua_place(sl_policy_t *p, const sl_place_task_t *tasks, size_t ntasks
     }
     return 0;
 fail:
+    report->unasked = 0;
     for (size_t i = 0; i < ntasks; i++) {
         out[i].node = NULL;
         out[i].error = NULL;
@@ -521,9 +697,10 @@ static int drain_protected(lua_State *L)
     call_t *c = lua_touserdata(L, 1);
     lua_policy_t *lp = c->lp;
     lua_settop(L, 0);
+    forget_answer(L, lp);
     push_keys(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, lp->ref_drain);
-    push_tasks(L, 1, c->tasks, c->ntasks, 0);
+    push_tasks(L, 1, c, 0);
     push_ctx(L, c->ctx);
     sl_policy_sandbox_arm(&lp->sb, "drain_order", lp->call_budget_ms);
     lua_call(L, 2, 1);
@@ -614,6 +791,8 @@ static void lua_destroy(sl_policy_t *p)
     sl_policy_sandbox_close(&lp->sb);
     arena_reset(lp);
     free(lp->slots);
+    free(lp->idmap);
+    free(lp->same_id);
     free(lp);
 }
 
