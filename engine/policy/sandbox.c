@@ -569,8 +569,11 @@ static void guard_pattern(lua_State *L, const char *fname, int init_arg, int pla
     size_t n;
     subject_from(s, len, init, &sub, &n);
     double cost;
+    sb_check_loop(L); /* a loop of allowed calls still ends at the deadline */
+    /* memchr + memcmp: a subject of the needle's first byte repeated costs a memcmp call
+     * per position */
     if ((plain_arg && lua_toboolean(L, plain_arg)) || !has_specials(p, m))
-        cost = ((double)n + 1.0) * ((double)m + 1.0) / 16.0; /* memchr + memcmp */
+        cost = ((double)n + 1.0) * ((double)m + 8.0) / 4.0;
     else
         cost = pattern_cost(sub, n, p, m, can_anchor);
     if (cost > SB_PATTERN_STEPS) {
@@ -617,6 +620,7 @@ static int sb_gsub(lua_State *L)
 static int sb_rep(lua_State *L)
 {
     sl_sandbox_t *sb = sb_of(L);
+    sb_check_loop(L);
     size_t l, lsep = 0;
     luaL_checklstring(L, 1, &l);
     lua_Integer n = luaL_checkinteger(L, 2);

@@ -1,0 +1,180 @@
+-- policy_redteam_spec.lua — hostile policies and hostile FILE arguments against
+-- `sluice policy check` end to end (SPEC §4; P1–P3). Each must be judged (exit 0 sound,
+-- 1 broken or hostile with a message naming the file, 2 usage), and none may hang,
+-- crash, touch the file system or run a command. Every run is bounded by `timeout`;
+-- specs assert the exit status (124 = the bound was hit), never timings.
+local BIN = os.getenv("SLUICE_BIN") or "build/sluice"
+local FIX = "tests/fixtures/policies/"
+local BOUND = 20 -- seconds; the sandbox's own budgets end every case well before
+
+local function slurp(path)
+  local f = io.open(path, "rb")
+  if not f then return "" end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function listing(dir)
+  local p = io.popen("ls -A " .. dir .. " 2>/dev/null")
+  local seen = {}
+  for name in p:lines() do seen[name] = true end
+  p:close()
+  return seen
+end
+
+-- runs `timeout BOUND sluice policy check FILE`; returns exit status, stdout, stderr
+local function check(file)
+  local out, err = os.tmpname(), os.tmpname()
+  local cmd = ("timeout %d %s policy check '%s' >%s 2>%s </dev/null"):format(BOUND, BIN, file, out, err)
+  local _, how, code = os.execute(cmd)
+  local o, e = slurp(out), slurp(err)
+  os.remove(out); os.remove(err)
+  if how == "signal" then return 128 + code, o, e end
+  return code, o, e
+end
+
+-- names in /tmp and the working directory that appeared during fn() and look like
+-- something a policy would make (the test runner's own temporaries are lua_*)
+local function new_files(fn)
+  local before_tmp, before_cwd = listing("/tmp"), listing(".")
+  fn()
+  local made = {}
+  for dir, before in pairs({ ["/tmp"] = before_tmp, ["."] = before_cwd }) do
+    for name in pairs(listing(dir)) do
+      if not before[name] and (name:match("sluice") or name:match("pwn")) then
+        made[#made + 1] = dir .. "/" .. name
+      end
+    end
+  end
+  return made
+end
+
+describe("P2 red team: sluice policy check", function()
+  -- sound fixtures: everything hostile they try is contained; they must pass
+  for _, case in ipairs({
+    { "rt_escape_probe.lua", "rt%-escape%-probe" },
+    { "rt_string_mt_poison.lua", "placed: n1=5 n2=5 n3=5 n4=5" },
+  }) do
+    it("P2: " .. case[1] .. " is sound: exit 0", function()
+      local code, out, err = check(FIX .. case[1])
+      assert.are_not.equal(124, code, "timed out")
+      assert.are.equal(0, code, out .. err)
+      assert.matches(case[2], out)
+    end)
+  end
+
+  it("P2: rt_string_mt_poison.lua: the host reads the answers raw (drain_order too)", function()
+    local code, out = check(FIX .. "rt_string_mt_poison.lua")
+    assert.are.equal(0, code)
+    assert.matches("drain_order: 8 of 8 tasks ordered", out, 1, true)
+  end)
+
+  -- hostile fixtures: exit 1, the file and the reason on stderr, within the bound
+  for _, case in ipairs({
+    -- file, what stderr must say (plain text)
+    { "rt_find_plain_loop.lua", "rt_find_plain_loop.lua:11): place exceeded its budget of 50 ms" },
+    { "rt_format_q_loop.lua", "rt_format_q_loop.lua:9): place exceeded its budget of 50 ms" },
+    { "rt_concat_loop.lua", "rt_concat_loop.lua:8): place exceeded its budget of 50 ms" },
+    { "rt_string_eq_loop.lua", "place exceeded its budget of 50 ms" },
+    { "rt_gsub_cfunction.lua", "rt_gsub_cfunction.lua:8): place exceeded its budget of 50 ms" },
+    { "rt_sort_cfunction.lua", "rt_sort_cfunction.lua:7): place exceeded its budget of 50 ms" },
+    { "rt_cstack.lua", "C stack overflow | C stack overflow | C stack overflow | C stack overflow" },
+    { "rt_error_objects.lua", "(error object is a table value)" },
+    { "rt_result_values.lua", 'task "cf-2": node id of 10000000 bytes is not a node id' },
+  }) do
+    it("P2/P3: " .. case[1] .. " fails with exit 1 within its budget, naming the file", function()
+      local code, out, err
+      local made = new_files(function() code, out, err = check(FIX .. case[1]) end)
+      assert.are_not.equal(124, code, "timed out")
+      assert.are.equal(1, code, out .. err)
+      assert.matches(FIX .. case[1], err, 1, true)
+      assert.matches(case[2], err, 1, true)
+      assert.are.same({}, made)
+    end)
+  end
+
+  it("P3: rt_result_values.lua: every malformed answer is refused by name", function()
+    local _, _, err = check(FIX .. "rt_result_values.lua")
+    assert.matches('which was not asked for', err, 1, true)
+    assert.matches('task "cf-1": expected a node id (string), got table', err, 1, true)
+    assert.matches('task "cf-3": node id of 7 bytes is not a node id', err, 1, true)
+    assert.matches('task "cf-4": expected a node id (string), got number', err, 1, true)
+    assert.matches('task "cf-5": expected a node id (string), got function', err, 1, true)
+  end)
+
+  describe("FILE that is not a policy file", function()
+    local dir
+    before_each(function()
+      dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir " .. dir))
+    end)
+    after_each(function()
+      os.execute("rm -rf " .. dir)
+    end)
+
+    it("a FIFO with no writer is refused at once (it used to block forever)", function()
+      assert(os.execute("mkfifo " .. dir .. "/p.lua"))
+      local code, _, err = check(dir .. "/p.lua")
+      assert.are_not.equal(124, code, "timed out")
+      assert.are.equal(1, code)
+      assert.matches(dir .. "/p.lua: is a FIFO, not a policy file", err, 1, true)
+    end)
+
+    it("a directory is refused", function()
+      assert(os.execute("mkdir " .. dir .. "/d.lua"))
+      local code, _, err = check(dir .. "/d.lua")
+      assert.are.equal(1, code)
+      assert.matches(dir .. "/d.lua: is a directory", err, 1, true)
+    end)
+
+    for _, dev in ipairs({ "/dev/zero", "/dev/urandom", "/dev/null" }) do
+      it(dev .. " is refused without being read", function()
+        local code, _, err = check(dev)
+        assert.are_not.equal(124, code, "timed out")
+        assert.are.equal(1, code)
+        assert.matches(dev .. ": is a character device, not a policy file", err, 1, true)
+      end)
+    end
+
+    it("a symlink loop fails with exit 1", function()
+      assert(os.execute(("ln -s b.lua %s/a.lua && ln -s a.lua %s/b.lua"):format(dir, dir)))
+      local code, _, err = check(dir .. "/a.lua")
+      assert.are.equal(1, code)
+      assert.matches(dir .. "/a.lua: cannot open", err, 1, true)
+    end)
+
+    it("a file over 16 MiB is refused before it is read", function()
+      assert(os.execute(("truncate -s 200M %s/big.lua"):format(dir)))
+      local code, _, err = check(dir .. "/big.lua")
+      assert.are.equal(1, code)
+      assert.matches(dir .. "/big.lua: larger than 16777216 bytes", err, 1, true)
+    end)
+
+    it("an empty file fails the contract", function()
+      local f = assert(io.open(dir .. "/e.lua", "wb")); f:close()
+      local code, _, err = check(dir .. "/e.lua")
+      assert.are.equal(1, code)
+      assert.matches(dir .. "/e.lua: the chunk returned nil", err, 1, true)
+    end)
+
+    it("a file starting with a UTF-8 BOM gets a clear message", function()
+      local f = assert(io.open(dir .. "/bom.lua", "wb"))
+      f:write('\239\187\191return { name = "bom", place = function() return {} end }\n')
+      f:close()
+      local code, _, err = check(dir .. "/bom.lua")
+      assert.are.equal(1, code)
+      assert.matches(dir .. "/bom.lua:1: starts with a UTF-8 byte order mark", err, 1, true)
+    end)
+
+    it("a first line starting with #! is skipped, as lua does", function()
+      local f = assert(io.open(dir .. "/sh.lua", "wb"))
+      f:write('#!/usr/bin/env lua\nreturn { name = "shebang", place = function() return {} end }\n')
+      f:close()
+      local code, out, err = check(dir .. "/sh.lua")
+      assert.are.equal(0, code, err)
+      assert.matches("policy shebang", out, 1, true)
+    end)
+  end)
+end)
