@@ -19,23 +19,27 @@ function Cluster:owners(id)
   return out
 end
 
--- Takes the outbox once. Returns the start and stop messages; does not deliver them.
--- Drain notifications (D5) are answered at once, the way nodes acknowledge the epoch in
--- their next heartbeat, and kept in self.notices.
+-- Takes the outbox. Returns the start and stop messages; does not deliver them. Drain
+-- notifications (D5) are answered at once, the way nodes acknowledge the epoch in their
+-- next heartbeat (unless self.mute), and kept in self.notices; what the answers set off
+-- is taken too.
 function Cluster:take()
-  local msgs, tasks = self.core:outbox(), {}
-  for _, m in ipairs(msgs) do
-    self.sent[#self.sent + 1] = m
-    if m.type == "drain" then
-      self.notices[#self.notices + 1] = m
-      if m.epoch > (self.epoch[m.node] or 0) then self.epoch[m.node] = m.epoch end
-    else
-      tasks[#tasks + 1] = m
+  local tasks = {}
+  repeat
+    local msgs, acks = self.core:outbox(), {}
+    for _, m in ipairs(msgs) do
+      self.sent[#self.sent + 1] = m
+      if m.type == "drain" then
+        self.notices[#self.notices + 1] = m
+        if m.epoch > (self.epoch[m.node] or 0) then self.epoch[m.node] = m.epoch end
+        acks[#acks + 1] = m.node
+      else
+        tasks[#tasks + 1] = m
+      end
     end
-  end
-  for _, m in ipairs(msgs) do
-    if m.type == "drain" and not self.mute then self.core:heartbeat(m.node, self.epoch[m.node], self.now) end
-  end
+    if self.mute then break end
+    for _, node in ipairs(acks) do self.core:heartbeat(node, self.epoch[node], self.now) end
+  until #acks == 0
   return tasks
 end
 
