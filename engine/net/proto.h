@@ -1,0 +1,77 @@
+/* proto.h — the node protocol's frames (A5): what nodes and the coordinator say to each
+ * other over TCP, encoded and decoded without I/O.
+ *
+ * A frame is a 4-byte big-endian length (of what follows), a 1-byte type, then the type's
+ * fields in a fixed order: integers big-endian (u8, u32, u64), strings as a u16 length
+ * and bytes (no NUL inside, shorter than SL_ID_MAX unless said otherwise), lists as a u16
+ * count and their items. The decoder checks every length against the bytes it has and the
+ * frame limit, so a peer that lies gets an error, never a read past the buffer. The
+ * handshake carries the protocol version, the token, the node id and the node epoch (its
+ * start time). */
+#ifndef SL_PROTO_H
+#define SL_PROTO_H
+
+#include "../common.h"
+
+#define SL_PROTO_VERSION 1
+#define SL_PROTO_FRAME_MAX (1u << 20) /* default limit of one frame */
+#define SL_PROTO_LIST_MAX 4096        /* items in one list */
+#define SL_PROTO_TOKEN_MAX 256
+
+typedef enum {
+    SL_FRAME_HELLO = 1,     /* node → coordinator: version, token, node, node_epoch, addr */
+    SL_FRAME_WELCOME = 2,   /* coordinator → node: version, epoch (of the drain), target */
+    SL_FRAME_REJECT = 3,    /* coordinator → node: reason (text), then it closes */
+    SL_FRAME_HEARTBEAT = 4, /* node → coordinator: node, epoch acknowledged (D5), now */
+    SL_FRAME_START = 5,     /* → node: task, kind, changefeed, weight, op_id, from (sender) */
+    SL_FRAME_STOP = 6,      /* → node: task, kind, changefeed, op_id, from */
+    SL_FRAME_REPORT = 7,    /* node →: node, task, kind, changefeed, state (working/stopped) */
+    SL_FRAME_DRAIN = 8,     /* coordinator → node: target ("" none), epoch (D5) */
+    SL_FRAME_CF_STATUS = 9, /* maintainer → coordinator: changefeed, epoch, remaining,
+                             * list of {node, count} (D6) */
+    SL_FRAME_MEMBERS = 10,  /* coordinator → node: list of {node, liveness} */
+} sl_frame_type_t;
+
+typedef struct {
+    char id[SL_ID_MAX];
+    uint32_t value; /* a count (CF_STATUS) or a liveness (MEMBERS) */
+} sl_frame_item_t;
+
+/* One decoded frame. Which fields mean something depends on the type (above). */
+typedef struct {
+    sl_frame_type_t type;
+    uint32_t version;
+    char token[SL_PROTO_TOKEN_MAX];
+    char node[SL_ID_MAX];
+    char task[SL_ID_MAX];
+    char changefeed[SL_ID_MAX];
+    char target[SL_ID_MAX];
+    char from[SL_ID_MAX];
+    char addr[SL_ID_MAX];
+    char reason[SL_ERRMSG_MAX];
+    uint64_t node_epoch;
+    uint64_t epoch;
+    uint64_t op_id;
+    uint64_t now_ms;
+    uint32_t weight;
+    uint32_t remaining;
+    uint8_t kind;  /* sl_task_kind_t */
+    uint8_t state; /* 0 working, 1 stopped (sl_report_t) */
+    sl_frame_item_t *items; /* CF_STATUS, MEMBERS: owned by the caller's buffer */
+    size_t nitems;
+    size_t items_cap; /* how many `items` can hold; the decoder never writes beyond */
+} sl_frame_t;
+
+/* Appends the encoded frame to buf (of cap bytes, *len used). SL_ELIMIT if it does not
+ * fit; SL_EINVAL if a field is out of range (a string too long). */
+int sl_proto_encode(const sl_frame_t *f, uint8_t *buf, size_t cap, size_t *len);
+
+/* Decodes the first frame of buf[0..len). Returns 0 and sets *used to its size; SL_EAGAIN
+ * when more bytes are needed; SL_EINVAL (with `why` set) when the bytes are not a valid
+ * frame or the length exceeds `frame_max` — the connection should then be closed. */
+int sl_proto_decode(const uint8_t *buf, size_t len, size_t frame_max, sl_frame_t *out,
+                    size_t *used, char *why, size_t whylen);
+
+const char *sl_proto_type_name(sl_frame_type_t t);
+
+#endif
