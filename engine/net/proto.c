@@ -38,6 +38,10 @@ static const field_t schema_report[] = {STR(node), STR(task), U8(kind), STR(chan
 static const field_t schema_drain[] = {STR(target), U64(epoch), END};
 static const field_t schema_cf_status[] = {STR(changefeed), U64(epoch), U32(remaining), ITEMS, END};
 static const field_t schema_members[] = {ITEMS, END};
+static const field_t schema_agent[] = {U8(amsg),        STR(from),  STR(to),      STR(task),
+                                       STR(changefeed), U8(state),  U64(node_epoch),
+                                       U64(epoch),      U64(issuer), U32(remaining), ITEMS, END};
+static const field_t schema_view[] = {U64(version), STR(target), U64(epoch), ITEMS, END};
 
 static const field_t *schema_of(int type)
 {
@@ -52,14 +56,17 @@ static const field_t *schema_of(int type)
     case SL_FRAME_DRAIN: return schema_drain;
     case SL_FRAME_CF_STATUS: return schema_cf_status;
     case SL_FRAME_MEMBERS: return schema_members;
+    case SL_FRAME_AGENT: return schema_agent;
+    case SL_FRAME_VIEW: return schema_view;
     default: return NULL;
     }
 }
 
 const char *sl_proto_type_name(sl_frame_type_t t)
 {
-    static const char *const names[] = {"?",     "hello", "welcome", "reject",    "heartbeat", "start",
-                                        "stop",  "report", "drain",  "cf_status", "members"};
+    static const char *const names[] = {"?",         "hello",   "welcome", "reject", "heartbeat",
+                                        "start",     "stop",    "report",  "drain",  "cf_status",
+                                        "members",   "agent",   "view"};
     return (unsigned)t < sizeof names / sizeof *names ? names[t] : "?";
 }
 
@@ -122,6 +129,7 @@ int sl_proto_encode(const sl_frame_t *f, uint8_t *buf, size_t cap, size_t *len)
             for (size_t i = 0; i < f->nitems; i++) {
                 put_str(&w, f->items[i].id, sizeof f->items[i].id);
                 put_uint(&w, f->items[i].value, 4);
+                put_uint(&w, f->items[i].value64, 8);
             }
             break;
         }
@@ -213,6 +221,7 @@ int sl_proto_decode(const uint8_t *buf, size_t len, size_t frame_max, sl_frame_t
             for (size_t i = 0; i < n && !r.bad; i++) {
                 get_str(&r, items[i].id, sizeof items[i].id, "item id");
                 items[i].value = (uint32_t)get_uint(&r, 4, "item value");
+                items[i].value64 = get_uint(&r, 8, "item value64");
             }
             out->nitems = n;
             break;

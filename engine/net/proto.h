@@ -30,11 +30,18 @@ typedef enum {
     SL_FRAME_CF_STATUS = 9, /* maintainer → coordinator: changefeed, epoch, remaining,
                              * list of {node, count} (D6) */
     SL_FRAME_MEMBERS = 10,  /* coordinator → node: list of {node, liveness} */
+    SL_FRAME_AGENT = 11,    /* node ↔ node (through the coordinator) or node → coordinator:
+                             * one engine/agent message — amsg (its type), from, to, task,
+                             * changefeed, state, node_epoch, epoch, issuer, remaining, items
+                             * {id, value} */
+    SL_FRAME_VIEW = 12,     /* coordinator → node: the cluster view — version, target,
+                             * epoch, items {node, value = liveness, value64 = node epoch} */
 } sl_frame_type_t;
 
 typedef struct {
     char id[SL_ID_MAX];
-    uint32_t value; /* a count (CF_STATUS) or a liveness (MEMBERS) */
+    uint32_t value;   /* a count (CF_STATUS, AGENT) or a liveness (MEMBERS, VIEW) */
+    uint64_t value64; /* VIEW: the node's epoch (start time); 0 elsewhere */
 } sl_frame_item_t;
 
 /* One decoded frame. Which fields mean something depends on the type (above). */
@@ -57,6 +64,10 @@ typedef struct {
     uint32_t remaining;
     uint8_t kind;  /* sl_task_kind_t */
     uint8_t state; /* 0 working, 1 stopped (sl_report_t) */
+    uint8_t amsg;  /* AGENT: the sl_agent_msg_type_t */
+    char to[SL_ID_MAX]; /* AGENT: the receiving node, "" for the coordinator */
+    uint64_t issuer;    /* AGENT: the maintainer incarnation */
+    uint64_t version;   /* VIEW: grows with every view */
     sl_frame_item_t *items; /* CF_STATUS, MEMBERS: owned by the caller's buffer */
     size_t nitems;
     size_t items_cap; /* how many `items` can hold; the decoder never writes beyond */

@@ -59,6 +59,21 @@ int main(void)
     TAP_CHECK(roundtrip(&cs, &b, back_items, 1) == -3,
               "a list longer than the receiver's room is an error, not an overflow");
 
+    sl_frame_t ag = {.type = SL_FRAME_AGENT, .amsg = 6, .issuer = 99, .epoch = 4, .node_epoch = 5,
+                     .remaining = 3, .state = 1, .items = items, .nitems = 1};
+    strcpy(ag.from, "n1");
+    strcpy(ag.to, "n2");
+    strcpy(ag.changefeed, "cf-9");
+    TAP_CHECK(roundtrip(&ag, &b, back_items, 8) == 0 && b.amsg == 6 && b.issuer == 99 &&
+                  !strcmp(b.to, "n2") && b.state == 1 && b.nitems == 1,
+              "an agent message round-trips with its issuer and items");
+    sl_frame_t vw = {.type = SL_FRAME_VIEW, .version = 12, .epoch = 2, .items = items, .nitems = 2};
+    strcpy(vw.target, "n3");
+    items[0].value64 = 1700000000000ull;
+    TAP_CHECK(roundtrip(&vw, &b, back_items, 8) == 0 && b.version == 12 &&
+                  back_items[0].value64 == 1700000000000ull && !strcmp(b.target, "n3"),
+              "a cluster view round-trips with node epochs");
+
     uint8_t buf[256];
     size_t len = 0, used;
     char why[SL_ERRMSG_MAX];
