@@ -23,6 +23,7 @@ typedef struct sl_sandbox {
     uint64_t deadline_ns;  /* CLOCK_MONOTONIC */
     uint64_t instr;        /* VM instructions counted since arming */
     uint64_t instr_cap;
+    unsigned loop_count;   /* calls of C helpers between two deadline checks */
     uint32_t budget_ms;
     const char *phase;     /* "load", "selftest", "place", "drain_order" */
     /* watchdog: a per-state POSIX timer that, at the deadline, makes the hook fire on the
