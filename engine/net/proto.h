@@ -35,7 +35,8 @@ typedef enum {
                              * changefeed, state, node_epoch, epoch, issuer, remaining, items
                              * {id, value} */
     SL_FRAME_VIEW = 12,     /* coordinator → node: the cluster view — version, target,
-                             * epoch, items {node, value = liveness, value64 = node epoch} */
+                             * epoch, items {node, value = liveness, value64 = node epoch}; its version is
+                             * view_version */
 } sl_frame_type_t;
 
 typedef struct {
@@ -67,7 +68,7 @@ typedef struct {
     uint8_t amsg;  /* AGENT: the sl_agent_msg_type_t */
     char to[SL_ID_MAX]; /* AGENT: the receiving node, "" for the coordinator */
     uint64_t issuer;    /* AGENT: the maintainer incarnation */
-    uint64_t version;   /* VIEW: grows with every view */
+    uint64_t view_version; /* VIEW: grows with every view */
     sl_frame_item_t *items; /* CF_STATUS, MEMBERS: owned by the caller's buffer */
     size_t nitems;
     size_t items_cap; /* how many `items` can hold; the decoder never writes beyond */

@@ -67,10 +67,10 @@ int main(void)
     TAP_CHECK(roundtrip(&ag, &b, back_items, 8) == 0 && b.amsg == 6 && b.issuer == 99 &&
                   !strcmp(b.to, "n2") && b.state == 1 && b.nitems == 1,
               "an agent message round-trips with its issuer and items");
-    sl_frame_t vw = {.type = SL_FRAME_VIEW, .version = 12, .epoch = 2, .items = items, .nitems = 2};
+    sl_frame_t vw = {.type = SL_FRAME_VIEW, .view_version = 12, .epoch = 2, .items = items, .nitems = 2};
     strcpy(vw.target, "n3");
     items[0].value64 = 1700000000000ull;
-    TAP_CHECK(roundtrip(&vw, &b, back_items, 8) == 0 && b.version == 12 &&
+    TAP_CHECK(roundtrip(&vw, &b, back_items, 8) == 0 && b.view_version == 12 &&
                   back_items[0].value64 == 1700000000000ull && !strcmp(b.target, "n3"),
               "a cluster view round-trips with node epochs");
 
