@@ -9,6 +9,7 @@
  * down its write side and drains input for a short linger, so the client reads the error
  * instead of a reset. Route matching, auth and error bodies live in router.c. */
 #include <errno.h>
+#include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -844,6 +845,27 @@ static int parse_addr(const char *addr, struct sockaddr_storage *ss, char *err, 
     if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0 ||
         uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss) == 0)
         return 0;
+    /* a name ("localhost"): its first address, resolved once, now */
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    int gai = getaddrinfo(host, NULL, &hints, &res);
+    if (gai != 0 || res == NULL || res->ai_addrlen > sizeof *ss) {
+        snprintf(err, errlen, "http: listen %s: cannot resolve %s: %s", addr, host,
+                 gai ? gai_strerror(gai) : "no address");
+        if (res)
+            freeaddrinfo(res);
+        return SL_EINVAL;
+    }
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    if (ss->ss_family == AF_INET)
+        ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
+    else
+        ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
+    freeaddrinfo(res);
+    return 0;
 bad:
     snprintf(err, errlen, "http: listen %s: not an address (want HOST:PORT, [V6]:PORT or unix:PATH)",
              addr);

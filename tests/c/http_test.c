@@ -41,6 +41,8 @@ static struct {
     uv_async_t stop;
     sl_http_server_t *tcp;
     sl_http_server_t *unix_srv;
+    sl_http_server_t *small; /* max_connections = 2 */
+    int small_port;
     pthread_t thread;
     atomic_int ready; /* 1 listening, -1 failed */
     int port;
@@ -99,6 +101,7 @@ static void on_stop(uv_async_t *a)
 {
     sl_http_close(S.tcp);
     sl_http_close(S.unix_srv);
+    sl_http_close(S.small);
     uv_close((uv_handle_t *)a, NULL);
 }
 
@@ -117,16 +120,20 @@ static void *server_main(void *unused)
     if (sl_http_listen(&S.loop, "127.0.0.1:0", &cfg, sl_http_router_dispatch, &router, &S.tcp,
                        S.err, sizeof S.err) != 0 ||
         sl_http_listen_unix(&S.loop, S.sock_path, &cfg, sl_http_router_dispatch, &router,
-                            &S.unix_srv, S.err, sizeof S.err) != 0) {
+                            &S.unix_srv, S.err, sizeof S.err) != 0 ||
+        (cfg.max_connections = 2,
+         sl_http_listen(&S.loop, "127.0.0.1:0", &cfg, sl_http_router_dispatch, &router, &S.small,
+                        S.err, sizeof S.err)) != 0) {
         atomic_store(&S.ready, -1);
         uv_close((uv_handle_t *)&S.stop, NULL);
-        if (S.tcp)
-            sl_http_close(S.tcp);
+        sl_http_close(S.tcp);
+        sl_http_close(S.unix_srv);
         uv_run(&S.loop, UV_RUN_DEFAULT);
         uv_loop_close(&S.loop);
         return NULL;
     }
     S.port = sl_http_port(S.tcp);
+    S.small_port = sl_http_port(S.small);
     atomic_store(&S.ready, 1);
     uv_run(&S.loop, UV_RUN_DEFAULT);
     S.loop_close_rc = uv_loop_close(&S.loop);
@@ -142,10 +149,10 @@ static void set_timeout(int fd, int ms)
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
-static int connect_tcp(void)
+static int connect_port(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)S.port)};
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (fd < 0)
         return -1;
@@ -155,6 +162,11 @@ static int connect_tcp(void)
     }
     set_timeout(fd, 5000);
     return fd;
+}
+
+static int connect_tcp(void)
+{
+    return connect_port(S.port);
 }
 
 static int connect_unix(void)
@@ -768,6 +780,42 @@ static void test_concurrent(void)
               "200 concurrent connections, each answered");
 }
 
+static void test_max_connections(void)
+{
+    client_t c;
+    response_t r;
+    int a = connect_port(S.small_port), b = connect_port(S.small_port);
+    usleep(50000); /* both accepted */
+    int x = connect_port(S.small_port);
+    client_init(&c, x);
+    TAP_CHECK(S.small_port > 0 && a >= 0 && b >= 0 && x >= 0 && client_read(&c, &r) == 0 &&
+                  r.status == 503 && json_error_is(&r, "TOO_MANY_CONNECTIONS") &&
+                  closed_within(x, 2000),
+              "A4: over max_connections: 503 JSON and closed");
+    close(x);
+    close(a);
+    client_init(&c, b);
+    TAP_CHECK(send_str(b, "GET /api/v2/health HTTP/1.1\r\nHost: t\r\n\r\n") == 0 &&
+                  client_read(&c, &r) == 0 && r.status == 200,
+              "the connections within the limit are served");
+    close(b);
+}
+
+static void test_expect_continue(void)
+{
+    client_t c;
+    response_t r;
+    int fd = connect_tcp();
+    client_init(&c, fd);
+    int ok = send_str(fd, "POST /api/v2/echo HTTP/1.1\r\nHost: t\r\n" AUTH
+                          "Content-Length: 4\r\nExpect: 100-continue\r\n\r\n") == 0 &&
+             client_read(&c, &r) == 0 && r.status == 100;
+    ok = ok && send_str(fd, "abcd") == 0 && client_read(&c, &r) == 0 && r.status == 200 &&
+         strstr(r.body, "\"body_len\":4");
+    TAP_CHECK(ok, "Expect: 100-continue gets 100, then the answer");
+    close(fd);
+}
+
 static void test_unix(void)
 {
     struct stat st;
@@ -807,8 +855,12 @@ static void test_listen_errors(void)
     printf("# %s\n", err);
     TAP_CHECK(rc < 0 && strstr(err, "/etc/passwd") != NULL,
               "a Unix socket path over a regular file is refused (the file is left alone)");
+    rc = sl_http_listen(&loop, "localhost:0", NULL, sl_http_router_dispatch, &router, &srv, err,
+                        sizeof err);
+    TAP_CHECK(rc == 0 && sl_http_port(srv) > 0, "a host name (localhost:0) is resolved");
+    sl_http_close(srv);
     uv_run(&loop, UV_RUN_DEFAULT);
-    TAP_CHECK(uv_loop_close(&loop) == 0, "failed listens leave no handle behind");
+    TAP_CHECK(uv_loop_close(&loop) == 0, "failed and closed listeners leave no handle behind");
 }
 
 int main(void)
@@ -832,6 +884,8 @@ int main(void)
     test_malformed();
     test_slow_clients();
     test_concurrent();
+    test_max_connections();
+    test_expect_continue();
     test_unix();
     test_listen_errors();
 
