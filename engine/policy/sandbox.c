@@ -269,8 +269,22 @@ int sl_policy_sandbox_msghandler(lua_State *L)
     const char *msg = NULL;
     if (lua_type(L, 1) == LUA_TSTRING || lua_type(L, 1) == LUA_TNUMBER)
         msg = lua_tostring(L, 1);
-    if (msg == NULL) /* no __tostring: it would run policy code in the handler */
-        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    if (msg == NULL) { /* no __tostring: it would run policy code in the handler */
+        /* the position of the Lua function that raised it (level 1 is `error` itself) */
+        lua_Debug ar;
+        int line = 0;
+        for (int lv = 1; lv < 4 && lua_getstack(L, lv, &ar); lv++) {
+            if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+                line = ar.currentline;
+                break;
+            }
+        }
+        if (line > 0)
+            msg = lua_pushfstring(L, "%s:%d: (error object is a %s value)", ar.short_src, line,
+                                  luaL_typename(L, 1));
+        else
+            msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
     luaL_traceback(L, L, msg, 1);
     return 1;
 }
