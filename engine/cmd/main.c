@@ -11,7 +11,11 @@ static void usage(FILE *to)
           "  policy check FILE   load a policy through the sandbox, run its selftest and a\n"
           "                      small placement; exit 0 when it is sound\n"
           "\n"
-          "Not built yet: dev, serve, agent, drain, status, repl, sim (see SPEC §4).\n",
+          "  sim [--seed N | --seeds A..B] [--nodes N] [--changefeeds N] [--tables N]\n"
+          "      [--drain ID] [--faults LIST] [--policy FILE] [--json]\n"
+          "                      the deterministic simulator with invariant checks (M1, M2)\n"
+          "\n"
+          "Not built yet: dev, serve, agent, drain, status, repl (see SPEC §4).\n",
           to);
 }
 
@@ -22,7 +26,8 @@ int main(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "policy")) return sl_cmd_policy(argc - 1, argv + 1);
-    static const char *const later[] = {"dev", "serve", "agent", "drain", "status", "repl", "sim"};
+    if (!strcmp(argv[1], "sim")) return sl_cmd_sim(argc - 1, argv + 1);
+    static const char *const later[] = {"dev", "serve", "agent", "drain", "status", "repl"};
     for (size_t i = 0; i < sizeof later / sizeof *later; i++) {
         if (!strcmp(argv[1], later[i])) {
             fprintf(stderr,
