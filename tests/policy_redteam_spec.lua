@@ -172,13 +172,23 @@ describe("P2 red team: sluice policy check", function()
       assert.matches(dir .. "/e.lua: the chunk returned nil", err, 1, true)
     end)
 
-    it("a file starting with a UTF-8 BOM gets a clear message", function()
+    it("a UTF-8 byte order mark is skipped, as Lua's own loader does", function()
       local f = assert(io.open(dir .. "/bom.lua", "wb"))
-      f:write('\239\187\191return { name = "bom", place = function() return {} end }\n')
+      f:write('\239\187\191return { name = "bom", place = function(t, n) local o = {} ' ..
+              'for _, x in ipairs(t) do o[x.id] = n[1].id end return o end }\n')
       f:close()
-      local code, _, err = check(dir .. "/bom.lua")
-      assert.are.equal(1, code)
-      assert.matches(dir .. "/bom.lua:1: starts with a UTF-8 byte order mark", err, 1, true)
+      local code, out, err = check(dir .. "/bom.lua")
+      assert.are.equal(0, code, err)
+      assert.matches("policy bom", out, 1, true)
+    end)
+
+    it("P4: the live loader refuses a FIFO at once instead of blocking the scheduler", function()
+      local sluice = require "sluice"
+      local fifo = dir .. "/fifo.lua"
+      assert.are.equal(0, select(3, os.execute("mkfifo " .. fifo)))
+      local p, err = sluice.policy.load(fifo)
+      assert.is_nil(p)
+      assert.matches("fifo.lua: is a FIFO, not a policy file", err, 1, true)
     end)
 
     it("a first line starting with #! is skipped, as lua does", function()

@@ -10,7 +10,7 @@
  *
  * FILE itself is read here, not by the host's loader: opened without blocking (a FIFO
  * with no writer would wait forever), refused unless it is a regular file (a directory,
- * a FIFO, /dev/zero or /dev/urandom), and refused above CHECK_FILE_MAX without reading
+ * a FIFO, /dev/zero or /dev/urandom), and refused above SL_POLICY_FILE_MAX without reading
  * it all. Then the bytes go to the same loader production uses. */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,10 +22,10 @@
 #include <unistd.h>
 
 #include "policy.h"
+#include "source.h"
 
 #define CHECK_NODES 4
 #define CHECK_TASKS 20
-#define CHECK_FILE_MAX (16u << 20) /* as the host's loader: a larger policy is refused */
 
 typedef struct {
     char *buf;
@@ -136,107 +136,6 @@ static size_t check_round(sl_policy_t *p, const sl_place_task_t *tasks, size_t n
     return placed;
 }
 
-static const char *file_kind(mode_t m)
-{
-    if (S_ISDIR(m))
-        return "a directory";
-    if (S_ISFIFO(m))
-        return "a FIFO";
-    if (S_ISCHR(m))
-        return "a character device";
-    if (S_ISBLK(m))
-        return "a block device";
-    if (S_ISSOCK(m))
-        return "a socket";
-    return "not a regular file";
-}
-
-/* Reads FILE into *buf (malloc'd, caller frees). Returns 0 or a negative code with a
- * message naming the file. */
-static int read_policy_file(const char *path, char **buf, size_t *len, char *msg,
-                            size_t msglen)
-{
-    *buf = NULL;
-    *len = 0;
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-    if (fd < 0) {
-        snprintf(msg, msglen, "policy %s: cannot open: %s", path, strerror(errno));
-        return SL_ENOENT;
-    }
-    int rc = 0;
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        snprintf(msg, msglen, "policy %s: cannot stat: %s", path, strerror(errno));
-        rc = SL_EINVAL;
-        goto done;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        snprintf(msg, msglen, "policy %s: is %s, not a policy file", path,
-                 file_kind(st.st_mode));
-        rc = SL_EINVAL;
-        goto done;
-    }
-    if (st.st_size > (off_t)CHECK_FILE_MAX) {
-        snprintf(msg, msglen, "policy %s: larger than %u bytes", path, CHECK_FILE_MAX);
-        rc = SL_EINVAL;
-        goto done;
-    }
-    /* the size may lie (/proc) or change: read to one byte past the cap at most */
-    size_t cap = (size_t)st.st_size + 1;
-    if (cap < 4096)
-        cap = 4096;
-    if (cap > CHECK_FILE_MAX + 1)
-        cap = CHECK_FILE_MAX + 1;
-    *buf = malloc(cap);
-    if (*buf == NULL) {
-        snprintf(msg, msglen, "policy %s: out of memory", path);
-        rc = SL_ENOMEM;
-        goto done;
-    }
-    for (;;) {
-        if (*len == cap) {
-            if (cap > CHECK_FILE_MAX) {
-                snprintf(msg, msglen, "policy %s: larger than %u bytes", path, CHECK_FILE_MAX);
-                rc = SL_EINVAL;
-                goto done;
-            }
-            size_t ncap = cap * 2 > CHECK_FILE_MAX + 1 ? CHECK_FILE_MAX + 1 : cap * 2;
-            char *nb = realloc(*buf, ncap);
-            if (nb == NULL) {
-                snprintf(msg, msglen, "policy %s: out of memory", path);
-                rc = SL_ENOMEM;
-                goto done;
-            }
-            *buf = nb;
-            cap = ncap;
-        }
-        ssize_t got = read(fd, *buf + *len, cap - *len);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0) {
-            snprintf(msg, msglen, "policy %s: cannot read: %s", path, strerror(errno));
-            rc = SL_EINVAL;
-            goto done;
-        }
-        if (got == 0)
-            break;
-        *len += (size_t)got;
-    }
-    if (*len >= 3 && memcmp(*buf, "\xEF\xBB\xBF", 3) == 0) {
-        snprintf(msg, msglen, "policy %s:1: starts with a UTF-8 byte order mark, which the "
-                              "policy loader does not accept; save the file without it", path);
-        rc = SL_EPOLICY;
-    }
-done:
-    if (rc != 0) {
-        free(*buf);
-        *buf = NULL;
-        *len = 0;
-    }
-    close(fd);
-    return rc;
-}
-
 int sl_policy_check_file(const char *path, const sl_policy_limits_t *lim, char *summary,
                          size_t summarylen, char *err, size_t errlen)
 {
@@ -250,7 +149,7 @@ int sl_policy_check_file(const char *path, const sl_policy_limits_t *lim, char *
     char msg[SL_ERRMSG_MAX];
     char *src = NULL;
     size_t srclen = 0;
-    int rc = read_policy_file(path, &src, &srclen, msg, sizeof msg);
+    int rc = sl_policy_read_file(path, &src, &srclen, msg, sizeof msg);
     if (rc == 0) {
         rc = sl_policy_lua_load_string(src != NULL ? src : "", srclen, path, lim, &p, msg,
                                        sizeof msg);

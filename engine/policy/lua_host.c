@@ -29,8 +29,8 @@
 
 #include "policy.h"
 #include "sandbox.h"
+#include "source.h"
 
-#define HOST_FILE_MAX (16u << 20) /* a policy file larger than this is refused */
 #define HOST_SHORTSTR 40           /* Lua 5.4 interns strings up to this length (LUAI_MAXSHORTLEN) */
 
 /* Error messages handed back to the core live in blocks that never move until the next
@@ -1004,43 +1004,10 @@ int sl_policy_lua_load(const char *path, const sl_policy_limits_t *lim, sl_polic
                        char *err, size_t errlen)
 {
     char *buf = NULL;
-    int rc;
+    size_t len = 0;
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        snprintf(err, errlen, "policy %s: cannot open: %s", path, strerror(errno));
-        return SL_ENOENT;
-    }
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len == cap) {
-            if (cap >= HOST_FILE_MAX) {
-                snprintf(err, errlen, "policy %s: larger than %u bytes", path, HOST_FILE_MAX);
-                rc = SL_EINVAL;
-                goto done;
-            }
-            cap = cap ? cap * 2 : 65536;
-            char *nb = realloc(buf, cap);
-            if (nb == NULL) {
-                snprintf(err, errlen, "policy %s: out of memory", path);
-                rc = SL_ENOMEM;
-                goto done;
-            }
-            buf = nb;
-        }
-        size_t got = fread(buf + len, 1, cap - len, f);
-        len += got;
-        if (got == 0)
-            break;
-    }
-    if (ferror(f)) {
-        snprintf(err, errlen, "policy %s: cannot read: %s", path, strerror(errno));
-        rc = SL_EINVAL;
-        goto done;
-    }
-    rc = sl_policy_lua_load_string(buf, len, path, lim, out, err, errlen);
-done:
+    int rc = sl_policy_read_file(path, &buf, &len, err, errlen);
+    if (rc == 0) rc = sl_policy_lua_load_string(buf ? buf : "", len, path, lim, out, err, errlen);
     free(buf);
-    fclose(f);
     return rc;
 }
