@@ -183,6 +183,12 @@ int sl_policy_check_file(const char *path, const sl_policy_limits_t *lim, char *
     text_add(&sum, "  place (basic, %d tasks, batch_limit 4): %zu placed%s\n", CHECK_TASKS,
              placed2, placed2 > 4 ? " (more than batch_limit: the core acts on 4)" : "");
 
+    /* P1 lets a policy leave tasks waiting, so this passes; but say it plainly */
+    if (placed == 0 && placed2 == 0)
+        text_add(&sum, "  warning: place left every task waiting in both rounds although 4 nodes "
+                       "were schedulable; live, this policy would place nothing (the built-in "
+                       "policy decides only refused tasks, not waiting ones)\n");
+
     if (p->ops->drain_order != NULL) {
         sl_place_task_t moving[CHECK_TASKS];
         size_t nmoving = 0;
