@@ -311,6 +311,13 @@ static void maint_free(maint_t *m)
     free(m);
 }
 
+static int joined_index(const maint_t *m, const char *id)
+{
+    for (size_t i = 0; i < m->njoined; i++)
+        if (!strcmp(m->joined[i].id, id)) return (int)i;
+    return -1;
+}
+
 /* Turns the maintainer core's outbox into messages to nodes. */
 static void maint_flush(sl_agent_t *a, maint_t *m)
 {
@@ -321,19 +328,14 @@ static void maint_flush(sl_agent_t *a, maint_t *m)
         if (out[i].type != SL_MSG_START && out[i].type != SL_MSG_STOP) continue;
         sl_agent_msg_t *x = emit(a, SL_AMSG_TASK, out[i].node);
         if (!x) break;
+        int j = joined_index(m, out[i].node);
+        x->node_epoch = j >= 0 ? m->joined[j].node_epoch : 0; /* fenced by incarnation */
         copy_id(x->task, out[i].task);
         copy_id(x->changefeed, m->cf);
         x->issuer = m->incarnation;
         x->state = out[i].type == SL_MSG_START ? SL_REPORT_WORKING : SL_REPORT_STOPPED;
     }
     sl_core_outbox_clear(m->core);
-}
-
-static int joined_index(const maint_t *m, const char *id)
-{
-    for (size_t i = 0; i < m->njoined; i++)
-        if (!strcmp(m->joined[i].id, id)) return (int)i;
-    return -1;
 }
 
 /* Brings a maintainer core's nodes, liveness and drain target in line with the view and
@@ -356,7 +358,8 @@ static void maint_sync_nodes(sl_agent_t *a, maint_t *m)
     for (size_t i = 0; i < a->nview; i++) {
         const vnode_t *v = &a->view[i];
         if (joined_index(m, v->id) >= 0) continue;
-        if (v->liveness == SL_STOPPING) continue; /* it will never take a dispatcher */
+        /* Stopping nodes join too (and turn Stopping in maint_sync before any round): what
+         * they still run must be known, not placed a second time */
         if (grow((void **)&m->joined, &m->joined_cap, m->njoined + 1, sizeof *m->joined)) break;
         if (sl_core_node_join(core, v->id, "") != 0) continue;
         copy_id(m->joined[m->njoined].id, v->id);
@@ -457,6 +460,8 @@ static void maint_ask(sl_agent_t *a, maint_t *m, const char *node)
 {
     sl_agent_msg_t *x = emit(a, SL_AMSG_BOOTSTRAP, node);
     if (!x) return;
+    const vnode_t *v = view_node(a, node);
+    x->node_epoch = v ? v->node_epoch : 0;
     copy_id(x->changefeed, m->cf);
     x->issuer = m->incarnation;
 }
@@ -837,6 +842,8 @@ int sl_agent_recv(sl_agent_t *agent, const sl_agent_msg_t *m, uint64_t now_ms)
 {
     sl_agent_t *a = agent;
     clock_to(a, now_ms);
+    if (m->type != SL_AMSG_HEARTBEAT && m->node_epoch && m->node_epoch != a->node_epoch)
+        return 0; /* meant for an incarnation of this node that died: its tasks died too */
     switch (m->type) {
     case SL_AMSG_TASK: {
         if (!cf_accept(a, m->changefeed, m->from, m->issuer)) return 0; /* stale maintainer */

@@ -77,7 +77,9 @@ typedef struct {
     char task[SL_ID_MAX];
     char changefeed[SL_ID_MAX];
     sl_report_t state;
-    uint64_t node_epoch;        /* HEARTBEAT: the sender's start time */
+    uint64_t node_epoch;        /* HEARTBEAT: the sender's start time; between nodes: the
+                                 * receiver's node epoch as the sender knows it (0: any). A
+                                 * node drops what was meant for an earlier incarnation of it */
     uint64_t epoch;             /* HEARTBEAT: acked drain epoch; CF_REPORT: the epoch reported */
     uint64_t issuer;            /* TASK, TASK_REPORT, BOOTSTRAP(_REPLY): maintainer incarnation */
     uint32_t remaining;         /* CF_REPORT */

@@ -244,6 +244,7 @@ typedef struct sim {
     int n;
     uint64_t *send_seq; /* [src * (n+1) + dst] */
     uint64_t *recv_last; /* [dst * (n+1) + src] */
+    uint64_t *link_t;    /* [src * (n+1) + dst]: latest arrival time scheduled (FIFO) */
 
     sl_policy_t *policy;       /* --policy, or NULL */
     sl_policy_t *swap_policy;  /* the other one for policy-swap */
@@ -489,19 +490,29 @@ static void link_reset(sim_t *s, int ep)
         s->send_seq[i * w + ep] = 0;
         s->recv_last[ep * w + i] = 0;
         s->recv_last[i * w + ep] = 0;
+        s->link_t[ep * w + i] = 0;
+        s->link_t[i * w + ep] = 0;
     }
 }
 
-static void net_delay(sim_t *s, uint64_t *t)
+/* When the message arrives. A link delivers in order (a slow message holds back the ones
+ * behind it), except that with `reorder` some messages take another path and arrive later
+ * than messages sent after them — which then makes them stale at the receiver. */
+static void net_delay(sim_t *s, event_t *e)
 {
     uint64_t d = NET_DELAY_MS;
     if (s->cfg.faults & SL_SIM_F_DELAY) {
         d = rng_range(&s->rng, 1, 200);
         if (rng_chance(&s->rng, 20)) d += rng_range(&s->rng, 200, 2000); /* a slow patch */
     }
-    if ((s->cfg.faults & SL_SIM_F_REORDER) && rng_chance(&s->rng, 100))
-        d += rng_range(&s->rng, 1, 500); /* later than the messages sent after it */
-    *t = s->now + d;
+    uint64_t *fifo = &s->link_t[e->src * (s->n + 1) + e->dst];
+    e->t = s->now + d;
+    if ((s->cfg.faults & SL_SIM_F_REORDER) && rng_chance(&s->rng, 100)) {
+        e->t += rng_range(&s->rng, 1, 500); /* overtaken by what follows */
+        return;
+    }
+    if (e->t < *fifo) e->t = *fifo;
+    *fifo = e->t;
 }
 
 /* Sends `e` (a filled EV_DELIVER) from src to dst through the faults. */
@@ -510,6 +521,8 @@ static void net_send(sim_t *s, event_t *e)
     int w = s->n + 1;
     e->src_inc = ep_inc(s, e->src);
     e->dst_inc = ep_inc(s, e->dst);
+    if (e->src == EP_COORD) /* the coordinator's connection is to the incarnation it knows */
+        e->dst_inc = s->nodes[e->dst].conn ? s->nodes[e->dst].conn_epoch : 0;
     e->link_seq = ++s->send_seq[e->src * w + e->dst];
     s->res->messages++;
     if (!e->dst_inc || ((s->cfg.faults & SL_SIM_F_LOSS) && rng_chance(&s->rng, 50))) {
@@ -517,7 +530,7 @@ static void net_send(sim_t *s, event_t *e)
         ev_free(e);
         return;
     }
-    net_delay(s, &e->t);
+    net_delay(s, e);
     if ((s->cfg.faults & SL_SIM_F_DUP) && rng_chance(&s->rng, 50)) {
         event_t *d = ev_new(s, 0, EV_DELIVER);
         if (d) {
@@ -594,6 +607,7 @@ static void send_core_msgs(sim_t *s)
         e->dst = dst;
         e->cmsg = out[i];
         net_send(s, e);
+        /* the coordinator speaks on its connection to one incarnation of the node */
     }
     sl_core_outbox_clear(s->core);
 }
@@ -622,7 +636,9 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n)
 /* The view goes to every node every heartbeat interval, and at once when it changed. */
 static void broadcast_view(sim_t *s, bool force)
 {
-    if (!s->core) return;
+    /* a coordinator that is rebuilding its node list says nothing about membership: a
+     * partial view would make maintainers give up dispatchers on nodes it has not heard */
+    if (!s->core || sl_core_bootstrapping(s->core)) return;
     char target[SL_ID_MAX];
     uint64_t epoch;
     core_drain(s, target, &epoch);
@@ -723,6 +739,7 @@ static void coord_recv(sim_t *s, int node, const sl_agent_msg_t *m)
             if (nd->conn || sl_core_node_info(s->core, nd->id, &info) == 0)
                 sl_core_node_leave(s->core, nd->id); /* the old incarnation is gone (A5) */
             if (sl_core_node_join(s->core, nd->id, nd->id) != 0) return;
+            nd->seen = false; /* a new entry: its liveness starts afresh (L3) */
             nd->conn = true;
             nd->conn_epoch = m->node_epoch;
             trace(s, "%s joins the coordinator (node epoch %" PRIu64 ")", nd->id, m->node_epoch);
@@ -1048,6 +1065,8 @@ static void try_drain_start(sim_t *s)
     send_core_msgs(s);
     unsigned f = s->cfg.faults;
     uint64_t t0 = s->now;
+    /* faults land while the drain runs: within about two rounds of moves */
+    uint64_t span = 2 * (s->res->lower_bound_ms > MOVE_LATENCY_MS ? s->res->lower_bound_ms : MOVE_LATENCY_MS);
     if (f & SL_SIM_F_NO_DEST) {
         /* D10: no other node hears of the new epoch for a while, so none may take work */
         for (int i = 1; i <= s->n; i++)
@@ -1058,16 +1077,16 @@ static void try_drain_start(sim_t *s)
     if (f & SL_SIM_F_CRASH) {
         int k = (int)rng_range(&s->rng, 1, (uint64_t)s->n);
         if (k == s->target) k = k % s->n + 1;
-        schedule_fault(s, t0 + rng_range(&s->rng, 0, 3000), F_CRASH, k);
+        schedule_fault(s, t0 + rng_range(&s->rng, 0, span), F_CRASH, k);
     }
     if (f & SL_SIM_F_TARGET_CRASH)
-        schedule_fault(s, t0 + rng_range(&s->rng, 0, 2000), F_TARGET_CRASH, s->target);
+        schedule_fault(s, t0 + rng_range(&s->rng, 0, span), F_TARGET_CRASH, s->target);
     if (f & SL_SIM_F_DEST_CRASH) schedule_fault(s, t0 + 1, F_DEST_CRASH, 0);
     if (f & SL_SIM_F_COORD_RESTART)
-        schedule_fault(s, t0 + rng_range(&s->rng, 0, 3000), F_COORD_CRASH, 0);
+        schedule_fault(s, t0 + rng_range(&s->rng, 0, span), F_COORD_CRASH, 0);
     if (f & SL_SIM_F_POLICY_SWAP) {
-        schedule_fault(s, t0 + rng_range(&s->rng, 0, 1000), F_POLICY_SWAP, 0);
-        schedule_fault(s, t0 + rng_range(&s->rng, 1000, 4000), F_POLICY_SWAP, 0);
+        schedule_fault(s, t0 + rng_range(&s->rng, 0, span / 2), F_POLICY_SWAP, 0);
+        schedule_fault(s, t0 + rng_range(&s->rng, span / 2, span), F_POLICY_SWAP, 0);
     }
 }
 
@@ -1077,7 +1096,7 @@ static void observe_drain(sim_t *s)
     sl_drain_status_t st;
     const char *target = s->nodes[s->target].id;
     if (sl_core_drain_status(s->core, target, s->now, &st)) return;
-    if (st.blocked && st.blocked[0]) s->res->blocked_seen = 1;
+    if (st.blocked && strstr(st.blocked, "no schedulable destination")) s->res->blocked_seen = 1; /* D10 */
     if (st.state == SL_DRAIN_DRAINING && st.is_draining && st.target && !strcmp(st.target, target))
         return;
     if (st.state == SL_DRAIN_NONE) return; /* a restarted coordinator before it re-reads */
@@ -1197,6 +1216,10 @@ static void deliver(sim_t *s, event_t *e)
         return;
     }
     *last = e->link_seq;
+    const char *tt = getenv("SIM_TRACE_TASK");
+    if (tt && e->pay == PAY_AGENT && !strcmp(e->amsg.task, tt))
+        trace(s, "deliver %d %s->%s state %d issuer %llu", e->amsg.type, e->amsg.from,
+              e->dst ? s->nodes[e->dst].id : "coord", e->amsg.state, (unsigned long long)e->amsg.issuer);
     if (e->dst == EP_COORD) {
         coord_recv(s, e->src, &e->amsg);
         send_core_msgs(s);
@@ -1339,7 +1362,8 @@ int sl_sim_run(const sl_sim_config_t *cfg, sl_sim_result_t *out, FILE *log, char
     s->nodes = calloc((size_t)s->n + 1, sizeof *s->nodes);
     s->send_seq = calloc((size_t)(s->n + 1) * (s->n + 1), sizeof *s->send_seq);
     s->recv_last = calloc((size_t)(s->n + 1) * (s->n + 1), sizeof *s->recv_last);
-    if (!s->owners || !s->nodes || !s->send_seq || !s->recv_last) {
+    s->link_t = calloc((size_t)(s->n + 1) * (s->n + 1), sizeof *s->link_t);
+    if (!s->owners || !s->nodes || !s->send_seq || !s->recv_last || !s->link_t) {
         rc = SL_ENOMEM;
         goto done;
     }
@@ -1347,7 +1371,7 @@ int sl_sim_run(const sl_sim_config_t *cfg, sl_sim_result_t *out, FILE *log, char
     sl_core_config_default(&s->core_cfg);
     s->core_cfg.heartbeat_interval_ms = HEARTBEAT_MS;
     s->core_cfg.node_timeout_ms = NODE_TIMEOUT_MS;
-    s->core_cfg.bootstrap_ms = 3 * HEARTBEAT_MS;
+    s->core_cfg.bootstrap_ms = 0; /* = node_timeout_ms: a node silent that long is dead anyway */
     s->core_cfg.step_timeout_ms = 2000;
     s->core_cfg.backoff_max_ms = 8000;
     if ((rc = coord_start(s, false))) goto done;
@@ -1412,6 +1436,7 @@ done:
     free(s->owners);
     free(s->send_seq);
     free(s->recv_last);
+    free(s->link_t);
     free(s);
     return rc;
 }
