@@ -26,6 +26,8 @@ int main(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "policy")) return sl_cmd_policy(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "serve")) return sl_cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "agent")) return sl_cmd_agent(argc - 1, argv + 1);
     if (!strcmp(argv[1], "sim")) return sl_cmd_sim(argc - 1, argv + 1);
     static const char *const later[] = {"dev", "serve", "agent", "drain", "status", "repl"};
     for (size_t i = 0; i < sizeof later / sizeof *later; i++) {
