@@ -275,3 +275,44 @@ describe("policy lifetime", function()
     q:close() -- the closed core gave it back
   end)
 end)
+
+describe("P3 a policy cannot stall the cluster", function()
+  it("P3: an answer naming only tasks not asked for is garbage: the built-in decides at once", function()
+    local c, cl = cluster({ "n1", "n2" })
+    c:set_policy(policy [[
+      return { name = "array", place = function(tasks, nodes)
+        local out = {}
+        for i, n in ipairs(nodes) do out[i] = n.id end
+        return out
+      end }]])
+    add(c, 3)
+    cl:tick(0)
+    assert.are.equal(3, #cl:take())
+    assert.matches("not asked for", c:refusals()[#c:refusals()])
+  end)
+
+  it("P3: a policy that places nothing batch after batch is overruled after 3 batches", function()
+    local c, cl = cluster({ "n1", "n2" })
+    c:set_policy(policy [[return { name = "lazy", place = function() return {} end }]])
+    add(c, 2)
+    cl:tick(0); cl:tick(1)
+    assert.are.equal(0, #cl:take())
+    cl:tick(2)
+    assert.are.equal(2, #cl:take())
+    assert.are.equal(2, c:stats().refusals)
+    assert.matches("left every task waiting for 3 batches", c:refusals()[1])
+  end)
+
+  it("D8/P3: a drain completes under a policy that never places anything", function()
+    local c, cl = cluster({ "n1", "n2", "n3" }, { drain_batch_size = 2 })
+    add(c, 6)
+    cl:tick(0); cl:settle()
+    c:set_policy(policy [[return { name = "lazy", place = function() return {} end }]])
+    assert(c:drain_start("n1", cl.now))
+    for _ = 1, 20 do cl:tick(100); cl:settle() end
+    assert.are.equal(0, c:node("n1").maintainers)
+    local epoch = c:stats().epoch
+    for i = 1, 6 do assert(c:changefeed_report(("cf-%02d"):format(i), epoch, 0, {}, cl.now)) end
+    assert.are.equal("stopping", c:liveness("n1"))
+  end)
+end)

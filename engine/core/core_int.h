@@ -176,6 +176,7 @@ struct sl_core {
     sl_msg_t *outbox;
     size_t outbox_len, outbox_cap;
 
+    uint32_t starved_batches; /* batches in a row the policy placed nothing (sched.c) */
     char waiting[SL_ERRMSG_MAX];
     char *refusals[SL_REFUSAL_KEEP]; /* ring */
     size_t refusal_first, refusal_len;

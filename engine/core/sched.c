@@ -152,6 +152,41 @@ static void plan(sl_core_t *core, size_t i, int32_t dest)
     core->view[core->view_index[dest]].inflight++;
 }
 
+/* A policy may leave tasks waiting (P1), but it must not stall the cluster: an answer
+ * that placed nothing and named only tasks that were not asked for is garbage, and a
+ * policy that places nothing for SL_STARVED_BATCHES batches in a row while nodes are free
+ * has its waiting tasks decided by the built-in policy. Either way it is counted as a
+ * refusal, so a drain completes under any policy (D8, P3). */
+#define SL_STARVED_BATCHES 3
+
+static void starvation_guard(sl_core_t *core, sl_policy_t *p, size_t n, uint8_t *refused,
+                             unsigned unasked, bool dry)
+{
+    size_t placed = 0, waiting = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (core->scratch_dest[i] != SL_NONE) placed++;
+        else if (!refused[i]) waiting++;
+    }
+    if (dry || p == core->builtin) return;
+    if (placed || !waiting) {
+        core->starved_batches = 0;
+        return;
+    }
+    const char *why = NULL;
+    if (unasked) {
+        why = "answered only for tasks it was not asked for; the tasks asked for are decided "
+              "by the built-in policy";
+    } else if (++core->starved_batches >= SL_STARVED_BATCHES) {
+        why = "left every task waiting for 3 batches in a row while nodes were free; the "
+              "built-in policy decides them";
+    }
+    if (!why) return;
+    core->starved_batches = 0;
+    refuse(core, p, waiting, NULL, why);
+    for (size_t i = 0; i < n; i++)
+        if (core->scratch_dest[i] == SL_NONE) refused[i] = 1;
+}
+
 /* One batch of `n` candidates (in the scratch arrays) through the policy: one call (P1),
  * every decision checked, refused ones decided by the built-in policy (P3). Fills
  * scratch_dest[i] with a node slot or SL_NONE (left out). `dry`: a plan (D12) — nothing
@@ -189,6 +224,7 @@ void sl_sched__decide(sl_core_t *core, sl_reason_t reason, size_t n, bool dry)
                 else plan(core, i, dest);
             }
         }
+        starvation_guard(core, p, n, refused, rep.unasked, dry);
     }
     if (p == core->builtin) goto done;
     size_t m = 0;
