@@ -326,10 +326,13 @@ static void maint_flush(sl_agent_t *a, maint_t *m)
     const sl_msg_t *out = sl_core_outbox(m->core, &n);
     for (size_t i = 0; i < n; i++) {
         if (out[i].type != SL_MSG_START && out[i].type != SL_MSG_STOP) continue;
+        /* a command for a node that left since (or an incarnation of it that died) is
+         * for nobody: its tasks are gone and the core knows it */
+        int j = joined_index(m, out[i].node);
+        if (j < 0) continue;
         sl_agent_msg_t *x = emit(a, SL_AMSG_TASK, out[i].node);
         if (!x) break;
-        int j = joined_index(m, out[i].node);
-        x->node_epoch = j >= 0 ? m->joined[j].node_epoch : 0; /* fenced by incarnation */
+        x->node_epoch = m->joined[j].node_epoch; /* fenced by incarnation */
         copy_id(x->task, out[i].task);
         copy_id(x->changefeed, m->cf);
         x->issuer = m->incarnation;
@@ -353,8 +356,10 @@ static void maint_sync_nodes(sl_agent_t *a, maint_t *m)
         }
         sl_core_node_leave(core, m->joined[i].id);
         m->joined[i] = m->joined[--m->njoined];
-        /* keep join order stable for the rest: the swap only moves the last entry */
     }
+    /* what the leaves sent (O5/O6 steps) goes out now, to the incarnations it was meant
+     * for, before a restarted node joins again under the same id */
+    maint_flush(a, m);
     for (size_t i = 0; i < a->nview; i++) {
         const vnode_t *v = &a->view[i];
         if (joined_index(m, v->id) >= 0) continue;
@@ -590,8 +595,10 @@ static void found_forget(maint_t *m, const char *node)
     size_t keep = 0;
     for (size_t k = 0; k < m->nfound; k++) {
         if (!strcmp(m->found_node[k], node)) continue;
-        copy_id(m->found[keep].id, m->found[k].id);
-        copy_id(m->found_node[keep], m->found_node[k]);
+        if (keep != k) {
+            m->found[keep] = m->found[k];
+            memcpy(m->found_node[keep], m->found_node[k], SL_ID_MAX);
+        }
         m->found[keep].count = (uint32_t)keep;
         keep++;
     }

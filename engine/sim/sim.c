@@ -1216,10 +1216,6 @@ static void deliver(sim_t *s, event_t *e)
         return;
     }
     *last = e->link_seq;
-    const char *tt = getenv("SIM_TRACE_TASK");
-    if (tt && e->pay == PAY_AGENT && !strcmp(e->amsg.task, tt))
-        trace(s, "deliver %d %s->%s state %d issuer %llu", e->amsg.type, e->amsg.from,
-              e->dst ? s->nodes[e->dst].id : "coord", e->amsg.state, (unsigned long long)e->amsg.issuer);
     if (e->dst == EP_COORD) {
         coord_recv(s, e->src, &e->amsg);
         send_core_msgs(s);
