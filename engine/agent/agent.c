@@ -413,15 +413,30 @@ static void maint_sync(sl_agent_t *a, maint_t *m)
     maint_flush(a, m);
 }
 
-/* D6: dispatchers on the drain target, by this maintainer's own account: bound there or on
- * their way there, plus the table trigger dispatcher when the maintainer itself is there. */
+/* D6: dispatchers on the drain target, by this maintainer's own account: bound there, or
+ * carried by an operator that involves the target (a move off it is finished only when the
+ * destination runs the task, O2; D8 waits for it), plus the table trigger dispatcher when
+ * the maintainer itself is there. */
 static uint32_t maint_remaining(sl_agent_t *a, maint_t *m)
 {
     if (!a->drain_target[0]) return 0;
     uint32_t n = !strcmp(a->drain_target, a->id) ? 1 : 0;
     sl_node_info_t info;
-    if (sl_core_node_info(m->core, a->drain_target, &info) == 0)
-        n += info.dispatchers + info.ops_to;
+    if (sl_core_node_info(m->core, a->drain_target, &info) != 0) return n;
+    n += info.dispatchers;
+    size_t nops = sl_core_op_count(m->core);
+    for (size_t i = 0; i < nops; i++) {
+        sl_op_info_t op;
+        sl_task_info_t ti;
+        if (sl_core_op_at(m->core, i, &op)) continue;
+        bool involves = (op.from && !strcmp(op.from, a->drain_target)) ||
+                        (op.to && !strcmp(op.to, a->drain_target));
+        if (!involves) continue;
+        if (sl_core_task_info(m->core, op.task, &ti) == 0 && ti.node &&
+            !strcmp(ti.node, a->drain_target))
+            continue; /* already counted as bound there */
+        n++;
+    }
     return n;
 }
 

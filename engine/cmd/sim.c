@@ -91,7 +91,7 @@ static int print_json(const sl_sim_config_t *cfg, const sl_sim_result_t *r)
         json_object_set_new(o, "first_violation", json_string(r->first_violation));
         json_object_set_new(o, "violation_step", json_integer((json_int_t)r->violation_step));
     }
-    char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
     json_decref(o);
     if (!text) return -1;
     puts(text);
