@@ -1,0 +1,355 @@
+/* repl_test.c — the REPL's evaluation engine (R1) against a real core: expressions,
+ * tables, several results, errors, incomplete chunks, the budget and the memory cap,
+ * the inspection and steering functions, completion, and the HTTP handlers. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/core.h"
+#include "net/repl.h"
+#include "policy/registry.h"
+#include "tap.h"
+
+static sl_core_t *core;
+static sl_repl_t *repl;
+static int starts, cancels;
+static const char *cfs[] = {"cf1", "cf2", NULL};
+
+static int cb_drain_start(void *arg, const char *id, sl_drain_counts_t *counts)
+{
+    starts++;
+    return sl_core_drain_start(core, id, 1000, counts);
+}
+
+static int cb_drain_cancel(void *arg, const char *id)
+{
+    cancels++;
+    return sl_core_drain_cancel(core, id, 2000);
+}
+
+static uint64_t cb_now(void *arg)
+{
+    return 1500;
+}
+
+static const char *cb_cf_at(void *arg, size_t i)
+{
+    return i < 2 ? cfs[i] : NULL;
+}
+
+static char last[1 << 16];
+static int last_incomplete;
+
+/* Evaluates and keeps the output in `last`; returns the code. */
+static int ev(const char *code)
+{
+    char *out = NULL;
+    int rc = sl_repl_eval(repl, code, &out, &last_incomplete);
+    snprintf(last, sizeof last, "%s", out ? out : "(null)");
+    free(out);
+    return rc;
+}
+
+static int ev_is(const char *code, const char *want)
+{
+    int rc = ev(code);
+    if (rc != 0 || strcmp(last, want) != 0) {
+        printf("# eval %s\n#   got (rc %d): [%s]\n#   want: [%s]\n", code, rc, last, want);
+        return 0;
+    }
+    return 1;
+}
+
+static int ev_has(const char *code, const char *want)
+{
+    ev(code);
+    if (strstr(last, want) == NULL) {
+        printf("# eval %s\n#   got: [%s]\n#   want to contain: [%s]\n", code, last, want);
+        return 0;
+    }
+    return 1;
+}
+
+static double mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Every start is delivered and reported working; every stop reported stopped. */
+static void settle(uint64_t now)
+{
+    for (int round = 0; round < 100; round++) {
+        size_t n = 0;
+        const sl_msg_t *m = sl_core_outbox(core, &n);
+        if (n == 0)
+            return;
+        sl_msg_t *copy = malloc(n * sizeof *copy);
+        memcpy(copy, m, n * sizeof *copy);
+        sl_core_outbox_clear(core);
+        for (size_t i = 0; i < n; i++) {
+            if (copy[i].type == SL_MSG_DRAIN)
+                sl_core_heartbeat(core, copy[i].node, copy[i].epoch, now);
+            else
+                sl_core_report(core, copy[i].node, copy[i].task,
+                               copy[i].type == SL_MSG_START ? SL_REPORT_WORKING : SL_REPORT_STOPPED,
+                               now);
+        }
+        free(copy);
+        sl_core_tick(core, now);
+    }
+}
+
+static int complete_is(const char *prefix, const char *a, const char *b)
+{
+    char **m = NULL;
+    size_t n = 0;
+    int rc = sl_repl_complete(repl, prefix, &m, &n);
+    int ok = rc == 0 && n == (b ? 2u : a ? 1u : 0u) && (!a || !strcmp(m[0], a)) &&
+             (!b || !strcmp(m[1], b));
+    if (!ok) {
+        printf("# complete %s: rc %d, %zu matches:", prefix, rc, n);
+        for (size_t i = 0; i < n; i++)
+            printf(" %s", m[i]);
+        printf("\n");
+    }
+    sl_repl_matches_free(m, n);
+    return ok;
+}
+
+static json_t *http_call(void (*h)(void *, const sl_http_request_t *, sl_http_response_t *),
+                         const char *body, int *status)
+{
+    sl_http_request_t req;
+    sl_http_response_t res;
+    memset(&req, 0, sizeof req);
+    memset(&res, 0, sizeof res);
+    req.method = "POST";
+    req.path = req.url = "/api/v2/repl";
+    req.query = "";
+    req.body = body;
+    req.body_len = strlen(body);
+    h(repl, &req, &res);
+    *status = res.status;
+    json_t *j = res.body ? json_loadb(res.body, res.body_len, 0, NULL) : NULL;
+    free(res.body);
+    return j;
+}
+
+int main(void)
+{
+    sl_core_config_t cfg;
+    sl_core_config_default(&cfg);
+    cfg.epoch_gate = 0;
+    if (sl_core_new(&cfg, &core) != 0)
+        return 1;
+    sl_core_tick(core, 0);
+    sl_core_node_join(core, "n1", "127.0.0.1:1");
+    sl_core_node_join(core, "n2", "127.0.0.1:2");
+    sl_core_node_join(core, "n3", "127.0.0.1:3");
+    sl_core_task_add(core, "cf1", SL_TASK_MAINTAINER, "cf1", 4);
+    sl_core_task_add(core, "cf2", SL_TASK_MAINTAINER, "cf2", 2);
+    for (int i = 0; i < 6; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "m%d", i);
+        sl_core_task_add(core, id, SL_TASK_MAINTAINER, id, 1);
+    }
+    sl_core_tick(core, 10);
+    settle(10);
+
+    /* a registry on a temporary policy file, for policy.info() and policy.reload() */
+    char dir[] = "/tmp/sluice-repl-XXXXXX";
+    if (mkdtemp(dir) == NULL)
+        return 1;
+    char path[128];
+    snprintf(path, sizeof path, "%s/p.lua", dir);
+    FILE *f = fopen(path, "w");
+    fputs("return { name = 'repl-test', place = function() return {} end }\n", f);
+    fclose(f);
+    sl_policy_registry_t *reg = NULL;
+    char err[512];
+    sl_policy_registry_open(dir, "p.lua", NULL, NULL, &reg, err, sizeof err);
+    sl_core_set_policy(core, sl_policy_registry_policy(reg));
+
+    sl_repl_ops_t ops = {cb_drain_start, cb_drain_cancel, cb_now, cb_cf_at, NULL, "n3"};
+    sl_policy_limits_t lim;
+    sl_policy_limits_default(&lim);
+    lim.memory_bytes = 4u << 20; /* small, so the cap is reached fast even under ASan */
+    int rc = sl_repl_new(core, reg, &ops, &lim, &repl, err, sizeof err);
+    TAP_CHECK(rc == 0, "R1: a REPL is created on a core");
+    if (rc != 0) {
+        printf("# %s\n", err);
+        return TAP_DONE();
+    }
+
+    /* expressions, statements, globals */
+    TAP_CHECK(ev_is("1 + 1", "2\n"), "R1: an expression prints without return");
+    TAP_CHECK(ev_is("return 6 * 7", "42\n"), "R1: return works too");
+    TAP_CHECK(ev_is("'hello'", "hello\n"), "R1: a string result prints raw");
+    TAP_CHECK(ev_is("x = 5", ""), "R1: a statement prints nothing");
+    TAP_CHECK(ev_is("x * 2", "10\n"), "R1: globals persist between evaluations");
+    TAP_CHECK(ev_is("1, 'two', nil, true", "1\ttwo\tnil\ttrue\n"), "R1: several results, tab-separated");
+    TAP_CHECK(ev_is("print('a', 1) print('b')", "a\t1\nb\n"), "R1: print writes to the output");
+    TAP_CHECK(ev_is("nil", "nil\n"), "R1: nil prints");
+
+    /* tables */
+    TAP_CHECK(ev_is("{b = 1, a = {1, 2, 3}, ['k k'] = true, [10] = 'x'}",
+                    "{ [10] = \"x\", a = { 1, 2, 3 }, b = 1, [\"k k\"] = true }\n"),
+              "R1: a small table prints on one line, keys sorted");
+    TAP_CHECK(ev_is("{}", "{}\n"), "R1: an empty table");
+    TAP_CHECK(ev_has("(function() local t = {} for i = 1, 30 do t['key' .. i] = i end return t end)()",
+                     "{\n  key1 = 1,\n  key10 = 10,\n  key11 = 11,"),
+              "R1: a large table prints one entry per line, sorted");
+    TAP_CHECK(ev_has("{list = {'a', 'b'}, nested = {deep = {deeper = {name = 'n', "
+                     "long = 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'}}}}",
+                     "  nested = {\n    deep = {\n      deeper = {\n"),
+              "R1: nested tables indent");
+    ev("t = {name = 't'} t.self = t");
+    TAP_CHECK(ev_has("t", "self = <cycle>"), "R1: cycles are marked");
+    TAP_CHECK(ev_has("(function() local t = {} local c = t for i = 1, 20 do c.next = {} c = c.next end "
+                     "return t end)()", "{...}"),
+              "R1: depth is limited");
+    TAP_CHECK(ev_has("(function() local t = {} for i = 1, 5000 do t[i] = i end return t end)()",
+                     "(3000 more)"),
+              "R1: size is limited");
+    TAP_CHECK(ev_is("'a\\xffb'", "a\\xFFb\n"), "R1: bytes that are not UTF-8 are shown escaped");
+    TAP_CHECK(ev_is("{s = 'q\"\\n'}", "{ s = \"q\\\"\\n\" }\n"), "R1: strings in tables are quoted");
+    TAP_CHECK(ev_is("setmetatable({}, {__tostring = function() return 'custom' end})", "custom\n"),
+              "R1: __tostring is honoured");
+
+    /* errors */
+    rc = ev("error('boom')");
+    TAP_CHECK(rc == SL_EPOLICY && strstr(last, "error: repl:1: boom") != NULL,
+              "R1: an error prints with its line");
+    TAP_CHECK(ev_is("1", "1\n"), "R1: ... and the session goes on");
+    rc = ev("foo.bar");
+    TAP_CHECK(rc == SL_EPOLICY && strstr(last, "global 'foo'") != NULL, "R1: runtime errors name the culprit");
+    rc = ev("1 +* 2");
+    TAP_CHECK(rc == SL_EPOLICY && !last_incomplete && strstr(last, "unexpected symbol") != NULL,
+              "R1: a syntax error is an error, not incomplete");
+    TAP_CHECK(ev_has("print('before') error({})", "before\nerror: (error object is a table value)"),
+              "R1: output before an error is kept; odd error objects are named");
+
+    /* incomplete chunks */
+    rc = ev("function f()");
+    TAP_CHECK(rc == 0 && last_incomplete && last[0] == '\0', "R1: 'function f()' is incomplete");
+    ev("for i = 1, 3 do");
+    TAP_CHECK(last_incomplete, "R1: an open for loop is incomplete");
+    ev("x = ");
+    TAP_CHECK(last_incomplete, "R1: 'x = ' is incomplete");
+    ev("t2 = {");
+    TAP_CHECK(last_incomplete, "R1: an open table constructor is incomplete");
+    TAP_CHECK(ev_is("function f()\n  return 'multi'\nend", "") && ev_is("f()", "multi\n"),
+              "R1: the whole chunk, sent again, runs");
+
+    /* budget and memory */
+    double t0 = mono_ms();
+    rc = ev("while true do end");
+    double took = mono_ms() - t0;
+    TAP_CHECK(rc == SL_EPOLICY && strstr(last, "budget") != NULL,
+              "R1: an endless loop is stopped by the budget");
+    printf("# endless loop stopped after %.1f ms: %s", took, last);
+    TAP_CHECK(took < 1000, "R1: ... promptly");
+    rc = ev("pcall(function() while true do end end) return 'swallowed'");
+    TAP_CHECK(rc == SL_EPOLICY && strstr(last, "budget") != NULL, "R1: pcall cannot swallow the budget");
+    rc = ev("big = ('x'):rep(3 << 20) big = big .. big");
+    printf("# %s", last);
+    TAP_CHECK(rc == SL_EPOLICY && strstr(last, "memory") != NULL, "R1: the memory cap holds");
+    TAP_CHECK(ev_is("big = nil return 'ok'", "ok\n"), "R1: ... and the session goes on");
+    TAP_CHECK(ev_is("io, os.exit, require, load, debug", "nil\tnil\tnil\tnil\tnil\n"),
+              "R1: the sandbox hides io, os.exit, require, load, debug");
+
+    /* inspection */
+    TAP_CHECK(ev_is("#nodes()", "3\n"), "R1: nodes() lists every node");
+    TAP_CHECK(ev_is("nodes()[1].id, nodes()[1].liveness", "n1\talive\n"), "R1: nodes() in join order");
+    TAP_CHECK(ev_is("nodes()[3].is_coordinator, nodes()[1].is_coordinator", "true\tfalse\n"),
+              "R1: the coordinator's node is marked");
+    TAP_CHECK(ev_is("node('n2').id, node('n2').drain_state", "n2\tnone\n"), "R1: node(id)");
+    TAP_CHECK(ev_is("node('zz')", "nil\tno node 'zz'\n"), "R1: node() of an unknown id");
+    TAP_CHECK(ev_is("local t = 0 for _, n in ipairs(nodes()) do t = t + n.maintainers end return t",
+                    "8\n"),
+              "R1: node counts add up");
+    TAP_CHECK(ev_is("#changefeeds(), changefeeds()[1].changefeed_id, changefeeds()[1].table_count",
+                    "2\tcf1\t4\n"),
+              "R1: changefeeds()");
+    TAP_CHECK(ev_is("type(operators()), #operators('stuck')", "table\t0\n"), "R1: operators()");
+    TAP_CHECK(ev_is("drain.status().state, drain.status().is_draining", "none\tfalse\n"),
+              "R1: drain.status() with no drain");
+    TAP_CHECK(ev_is("#drain.plan('n1') == node('n1').maintainers", "true\n"),
+              "R1: drain.plan(id) lists a move per task");
+    TAP_CHECK(ev_is("policy.info().name, policy.info().version, policy.info().refusals",
+                    "repl-test\t1\t0\n"),
+              "R1: policy.info()");
+    TAP_CHECK(ev_has("help()", "drain.start(id)"), "R1: help()");
+
+    /* steering */
+    TAP_CHECK(ev_has("drain.start('n1')", "current_maintainer_count = ") && starts == 1,
+              "R1: drain.start goes through the coordinator's callback");
+    TAP_CHECK(ev_is("drain.status().state, drain.status('n1').draining_capture_id", "draining\tn1\n"),
+              "R1: drain.status() shows the running drain");
+    rc = ev("drain.start('n2')");
+    TAP_CHECK(rc == SL_EPOLICY && strstr(last, "DRAIN_IN_PROGRESS") != NULL,
+              "R1: drain.start of a second node is refused with the API's code");
+    rc = ev("drain.start('nope')");
+    TAP_CHECK(rc == SL_EPOLICY && strstr(last, "CAPTURE_NOT_FOUND") != NULL,
+              "R1: drain.start of an unknown node: CAPTURE_NOT_FOUND");
+    TAP_CHECK(ev_has("drain.cancel('n1')", "state = \"cancelled\"") && cancels == 1,
+              "R1: drain.cancel goes through the coordinator's callback");
+    rc = ev("drain.cancel('n1')");
+    TAP_CHECK(rc == SL_EPOLICY && strstr(last, "NOT_DRAINING") != NULL,
+              "R1: cancelling again says NOT_DRAINING");
+    TAP_CHECK(ev_is("policy.reload().version", "2\n"), "R1: policy.reload() swaps a new version");
+    f = fopen(path, "w");
+    fputs("return {\n  name = 'x',\n  place = 3,\n}\n", f);
+    fclose(f);
+    rc = ev("policy.reload()");
+    TAP_CHECK(rc == SL_EPOLICY && strstr(last, "using previous policy") != NULL,
+              "R1: a failed policy.reload() says so and keeps the policy");
+    TAP_CHECK(ev_is("policy.info().name, policy.info().version", "repl-test\t2\n"),
+              "R1: ... the previous policy is still live");
+    sl_core_set_policy(core, sl_policy_registry_policy(reg));
+
+    /* completion */
+    TAP_CHECK(complete_is("drain.st", "drain.start", "drain.status"), "R1: completes drain.st");
+    TAP_CHECK(complete_is("no", "node", "nodes"), "R1: completes global names");
+    TAP_CHECK(complete_is("policy.", "policy.info", "policy.reload"), "R1: completes every field");
+    TAP_CHECK(complete_is("x = drain.pl", "x = drain.plan", NULL), "R1: completes inside a line");
+    TAP_CHECK(complete_is("string.forma", "string.format", NULL), "R1: completes library fields");
+    TAP_CHECK(complete_is("nothing.here", NULL, NULL), "R1: nothing for unknown tables");
+
+    /* HTTP */
+    int status = 0;
+    json_t *j = http_call(sl_repl_http_eval, "{\"code\": \"1 + 2\"}", &status);
+    TAP_CHECK(status == 200 && j && !strcmp(json_string_value(json_object_get(j, "output")), "3\n") &&
+                  json_is_false(json_object_get(j, "incomplete")),
+              "R1: POST /api/v2/repl evaluates");
+    json_decref(j);
+    j = http_call(sl_repl_http_eval, "{\"code\": \"if x then\"}", &status);
+    TAP_CHECK(status == 200 && j && json_is_true(json_object_get(j, "incomplete")),
+              "R1: ... and says when a chunk is incomplete");
+    json_decref(j);
+    j = http_call(sl_repl_http_eval, "{\"code\": \"'\\\\255'\"}", &status);
+    TAP_CHECK(status == 200 && j && json_is_string(json_object_get(j, "output")),
+              "R1: ... with binary output still valid JSON");
+    json_decref(j);
+    j = http_call(sl_repl_http_eval, "{\"nope\": 1}", &status);
+    TAP_CHECK(status == 400, "R1: a body without code is a 400");
+    json_decref(j);
+    j = http_call(sl_repl_http_complete, "{\"prefix\": \"drain.c\"}", &status);
+    TAP_CHECK(status == 200 && j && json_array_size(json_object_get(j, "matches")) == 1 &&
+                  !strcmp(json_string_value(json_array_get(json_object_get(j, "matches"), 0)),
+                          "drain.cancel"),
+              "R1: POST /api/v2/repl/complete");
+    json_decref(j);
+
+    sl_repl_free(repl);
+    sl_core_set_policy(core, NULL);
+    sl_policy_registry_close(reg);
+    sl_core_free(core);
+    unlink(path);
+    rmdir(dir);
+    return TAP_DONE();
+}
