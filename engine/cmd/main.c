@@ -15,7 +15,14 @@ static void usage(FILE *to)
           "      [--drain ID] [--faults LIST] [--policy FILE] [--json]\n"
           "                      the deterministic simulator with invariant checks (M1, M2)\n"
           "\n"
-          "Not built yet: dev, serve, agent, drain, status, repl (see SPEC §4).\n",
+          "  drain ID [--watch] [--dry-run] [--cancel]\n"
+          "                      drain a node (R2); --watch follows it until it completes\n"
+          "  status              the nodes, their counts and the drain (R3)\n"
+          "  repl [--data DIR]   Lua evaluated in the coordinator (R1)\n"
+          "  (clients find the coordinator through --server/--token, SLUICE_SERVER/\n"
+          "   SLUICE_TOKEN, or --data DIR: DIR/repl.sock and DIR/token)\n"
+          "\n"
+          "Not built yet: dev, serve, agent (see SPEC §4).\n",
           to);
 }
 
@@ -29,7 +36,10 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "serve")) return sl_cmd_serve(argc - 1, argv + 1);
     if (!strcmp(argv[1], "agent")) return sl_cmd_agent(argc - 1, argv + 1);
     if (!strcmp(argv[1], "sim")) return sl_cmd_sim(argc - 1, argv + 1);
-    static const char *const later[] = {"dev", "serve", "agent", "drain", "status", "repl"};
+    if (!strcmp(argv[1], "repl")) return sl_cmd_repl(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "drain")) return sl_cmd_drain(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "status")) return sl_cmd_status(argc - 1, argv + 1);
+    static const char *const later[] = {"dev", "serve", "agent"};
     for (size_t i = 0; i < sizeof later / sizeof *later; i++) {
         if (!strcmp(argv[1], later[i])) {
             fprintf(stderr,

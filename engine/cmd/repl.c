@@ -1,0 +1,244 @@
+/* repl.c — `sluice repl` (R1): Lua typed here, evaluated inside the coordinator.
+ *
+ *   sluice repl [--data DIR] [--server A] [--token T | --token-file F]
+ *
+ * The server is found as SPEC §4 says (client.h): DIR/repl.sock (mode 0600) with
+ * DIR/token when a data directory is known, else TCP with the token. On a terminal:
+ * libedit line editing, prompt `sluice> ` and `   ...> ` while a chunk continues,
+ * history in ~/.sluice_history, tab completion through POST /api/v2/repl/complete,
+ * Ctrl-D exits. With stdin not a terminal: lines are read, evaluated and printed without
+ * prompts (scripts, tests); the exit status is 1 when an evaluation failed. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <editline/readline.h>
+
+#include "cmd/cmd.h"
+
+#define PROMPT "sluice> "
+#define PROMPT_MORE "   ...> "
+
+static sl_client_t *completion_client;
+static json_t *cached_matches;
+static size_t completion_next;
+
+static void usage(FILE *to)
+{
+    fputs("usage: sluice repl [--data DIR] [--server A] [--token T | --token-file F]\n"
+          "  Lua evaluated in the coordinator, with the policies' sandbox and budget.\n"
+          "  help() lists the functions: nodes(), node(id), changefeeds(), operators(),\n"
+          "  drain.status([id]), drain.plan(id), policy.info(); drain.start(id),\n"
+          "  drain.cancel(id), policy.reload(). Tab completes; Ctrl-D exits.\n",
+          to);
+}
+
+static char *complete_generator(const char *text, int state)
+{
+    if (state == 0) {
+        if (cached_matches)
+            json_decref(cached_matches);
+        cached_matches = NULL;
+        completion_next = 0;
+        json_t *body = json_pack("{s:s}", "prefix", text);
+        sl_client_response_t res;
+        char err[1024];
+        if (body && sl_client_request(completion_client, "POST", "/api/v2/repl/complete", body,
+                                      &res, err, sizeof err) == 0) {
+            json_t *m = json_object_get(res.json, "matches");
+            if (res.status == 200 && json_is_array(m))
+                cached_matches = json_incref(m);
+            sl_client_response_free(&res);
+        }
+        json_decref(body);
+    }
+    if (cached_matches && completion_next < json_array_size(cached_matches)) {
+        const char *s = json_string_value(json_array_get(cached_matches, completion_next++));
+        return s ? strdup(s) : NULL;
+    }
+    return NULL;
+}
+
+static char **attempt_completion(const char *text, int start, int end)
+{
+    (void)start;
+    (void)end;
+    rl_attempted_completion_over = 1; /* names, never file names */
+    return rl_completion_matches(text, complete_generator);
+}
+
+/* Sends a chunk. Returns 0 (printed), 1 (incomplete), 2 (it raised an error, printed),
+ * -1 (the request failed; said on stderr). */
+static int evaluate(sl_client_t *c, const char *chunk)
+{
+    json_t *body = json_pack("{s:s}", "code", chunk);
+    if (body == NULL) {
+        fprintf(stderr, "sluice repl: the input is not valid UTF-8\n");
+        return -1;
+    }
+    sl_client_response_t res;
+    char err[1400];
+    int rc = sl_client_request(c, "POST", "/api/v2/repl", body, &res, err, sizeof err);
+    json_decref(body);
+    if (rc != 0) {
+        fprintf(stderr, "sluice repl: %s\n", err);
+        return -1;
+    }
+    if (res.status != 200 || res.json == NULL) {
+        char text[1024];
+        sl_client_error_text(&res, text, sizeof text);
+        if (res.status == 404)
+            snprintf(text + strlen(text), sizeof text - strlen(text),
+                     " (this coordinator has no REPL route)");
+        fprintf(stderr, "sluice repl: %s\n", text);
+        sl_client_response_free(&res);
+        return -1;
+    }
+    int result = 0;
+    if (json_is_true(json_object_get(res.json, "incomplete"))) {
+        result = 1;
+    } else {
+        const char *out = json_string_value(json_object_get(res.json, "output"));
+        if (out && out[0]) {
+            fputs(out, stdout);
+            if (out[strlen(out) - 1] != '\n')
+                fputc('\n', stdout);
+        }
+        fflush(stdout);
+        if (json_is_true(json_object_get(res.json, "error")))
+            result = 2;
+    }
+    sl_client_response_free(&res);
+    return result;
+}
+
+static int append(char **buf, size_t *len, const char *line)
+{
+    size_t n = strlen(line);
+    char *nb = realloc(*buf, *len + n + 2);
+    if (nb == NULL)
+        return -1;
+    if (*len > 0)
+        nb[(*len)++] = '\n';
+    memcpy(nb + *len, line, n + 1);
+    *len += n;
+    *buf = nb;
+    return 0;
+}
+
+/* Not a terminal: read, evaluate, print. */
+static int run_script(sl_client_t *c)
+{
+    char *line = NULL, *chunk = NULL;
+    size_t cap = 0, len = 0;
+    ssize_t n;
+    int failed = 0;
+    while ((n = getline(&line, &cap, stdin)) >= 0) {
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+            line[--n] = '\0';
+        if (len == 0 && line[strspn(line, " \t")] == '\0')
+            continue;
+        if (append(&chunk, &len, line) != 0) {
+            failed = 1;
+            break;
+        }
+        int r = evaluate(c, chunk);
+        if (r == 1)
+            continue;
+        if (r != 0)
+            failed = 1;
+        free(chunk);
+        chunk = NULL;
+        len = 0;
+    }
+    if (len > 0) {
+        fprintf(stderr, "sluice repl: the input ended inside a chunk:\n%s\n", chunk);
+        failed = 1;
+    }
+    free(chunk);
+    free(line);
+    return failed;
+}
+
+static int run_terminal(sl_client_t *c, const char *how)
+{
+    char history[1024] = "";
+    const char *home = getenv("HOME");
+    if (home && home[0]) {
+        snprintf(history, sizeof history, "%s/.sluice_history", home);
+        read_history(history);
+    }
+    stifle_history(1000);
+    rl_readline_name = "sluice";
+    static char breaks[] = " \t\n\"\\'`@$><=;|&{(,+-*/%^#~[]";
+    rl_completer_word_break_characters = breaks;
+    rl_attempted_completion_function = attempt_completion;
+    rl_completion_append_character = '\0';
+    completion_client = c;
+    printf("sluice REPL on %s (%s). help() lists the functions; Ctrl-D exits.\n", c->server, how);
+    char *chunk = NULL;
+    size_t len = 0;
+    for (;;) {
+        char *line = readline(len ? PROMPT_MORE : PROMPT);
+        if (line == NULL) { /* Ctrl-D */
+            fputc('\n', stdout);
+            break;
+        }
+        if (len == 0 && line[strspn(line, " \t")] == '\0') {
+            free(line);
+            continue;
+        }
+        int ok = append(&chunk, &len, line) == 0;
+        free(line);
+        if (!ok)
+            break;
+        int r = evaluate(c, chunk);
+        if (r == 1)
+            continue;
+        add_history(chunk);
+        if (history[0])
+            write_history(history);
+        free(chunk);
+        chunk = NULL;
+        len = 0;
+    }
+    free(chunk);
+    if (cached_matches)
+        json_decref(cached_matches);
+    cached_matches = NULL;
+    return 0;
+}
+
+int sl_cmd_repl(int argc, char **argv)
+{
+    sl_cmd_client_opts_t o = {0};
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 0;
+        }
+        int r = sl_cmd_client_flag(argc, argv, &i, &o);
+        if (r < 0)
+            return 2;
+        if (r == 0) {
+            fprintf(stderr, "sluice repl: unknown argument '%s'\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    sl_client_t c;
+    if (sl_cmd_client_open(&o, &c) != 0)
+        return 1;
+    /* an empty chunk: reachable, authorised, and the REPL route is there */
+    if (evaluate(&c, "") < 0) {
+        sl_client_close(&c);
+        return 1;
+    }
+    char how[64];
+    snprintf(how, sizeof how, "%s", c.unix_path[0] ? "Unix socket" : "TCP");
+    int rc = isatty(STDIN_FILENO) ? run_terminal(&c, how) : run_script(&c);
+    sl_client_close(&c);
+    return rc;
+}
