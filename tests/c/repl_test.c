@@ -1,13 +1,23 @@
 /* repl_test.c — the REPL's evaluation engine (R1) against a real core: expressions,
  * tables, several results, errors, incomplete chunks, the budget and the memory cap,
  * the inspection and steering functions, completion, and the HTTP handlers. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <pty.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "core/core.h"
+#include "net/client.h"
+#include "net/http.h"
 #include "net/repl.h"
 #include "policy/registry.h"
 #include "tap.h"
@@ -137,6 +147,264 @@ static json_t *http_call(void (*h)(void *, const sl_http_request_t *, sl_http_re
     json_t *j = res.body ? json_loadb(res.body, res.body_len, 0, NULL) : NULL;
     free(res.body);
     return j;
+}
+
+/* ---- the REPL served over HTTP, on its own loop thread, for the client and the binary --- */
+
+#define TOKEN "repl-test-token"
+
+static struct {
+    uv_loop_t loop;
+    uv_async_t stop;
+    sl_http_server_t *tcp, *unix_srv;
+    sl_http_router_t router;
+    pthread_t thread;
+    int port;
+    char sock[128];
+} srv;
+
+static const sl_http_route_t repl_routes[] = {
+    {"POST", "/api/v2/repl", sl_repl_http_eval, 0},
+    {"POST", "/api/v2/repl/complete", sl_repl_http_complete, 0},
+};
+
+static void on_stop(uv_async_t *a)
+{
+    sl_http_close(srv.tcp);
+    sl_http_close(srv.unix_srv);
+    uv_close((uv_handle_t *)a, NULL);
+}
+
+static void *serve_thread(void *arg)
+{
+    uv_run(&srv.loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static int serve_start(const char *dir)
+{
+    char err[256];
+    uv_loop_init(&srv.loop);
+    uv_async_init(&srv.loop, &srv.stop, on_stop);
+    srv.router = (sl_http_router_t){repl_routes, 2, TOKEN, repl};
+    snprintf(srv.sock, sizeof srv.sock, "%s/repl.sock", dir);
+    if (sl_http_listen(&srv.loop, "127.0.0.1:0", NULL, sl_http_router_dispatch, &srv.router,
+                       &srv.tcp, err, sizeof err) != 0 ||
+        sl_http_listen_unix(&srv.loop, srv.sock, NULL, sl_http_router_dispatch, &srv.router,
+                            &srv.unix_srv, err, sizeof err) != 0) {
+        printf("# %s\n", err);
+        return -1;
+    }
+    srv.port = sl_http_port(srv.tcp);
+    return pthread_create(&srv.thread, NULL, serve_thread, NULL);
+}
+
+static void serve_stop(void)
+{
+    uv_async_send(&srv.stop);
+    pthread_join(srv.thread, NULL);
+    uv_run(&srv.loop, UV_RUN_DEFAULT);
+    uv_loop_close(&srv.loop);
+}
+
+/* Runs `argv` with `input` on stdin; its stdout+stderr into out. Returns the exit status. */
+static int run_piped(char *const argv[], const char *input, char *out, size_t outlen)
+{
+    int in[2], o[2];
+    if (pipe(in) || pipe(o))
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(in[0], 0);
+        dup2(o[1], 1);
+        dup2(o[1], 2);
+        close(in[1]);
+        close(o[0]);
+        unsetenv("SLUICE_SERVER");
+        unsetenv("SLUICE_TOKEN");
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(in[0]);
+    close(o[1]);
+    if (write(in[1], input, strlen(input)) < 0)
+        perror("write");
+    close(in[1]);
+    size_t len = 0;
+    ssize_t n;
+    while (len + 1 < outlen && (n = read(o[0], out + len, outlen - 1 - len)) > 0)
+        len += (size_t)n;
+    out[len] = '\0';
+    close(o[0]);
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Reads the pty into buf (appending) until `want` shows up or 5 s pass. */
+static int pty_expect(int fd, char *buf, size_t buflen, const char *want)
+{
+    size_t len = strlen(buf);
+    double end = mono_ms() + 5000;
+    while (strstr(buf, want) == NULL && mono_ms() < end) {
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        ssize_t n = read(fd, buf + len, buflen - 1 - len);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        buf[len] = '\0';
+    }
+    int ok = strstr(buf, want) != NULL;
+    if (!ok)
+        printf("# pty: wanted [%s], got [%s]\n", want, buf);
+    return ok;
+}
+
+static void pty_send(int fd, const char *s)
+{
+    if (write(fd, s, strlen(s)) < 0)
+        perror("write");
+    usleep(50000);
+}
+
+static void test_over_http(const char *dir)
+{
+    if (serve_start(dir) != 0) {
+        TAP_CHECK(0, "R1: the REPL routes are served");
+        return;
+    }
+    char err[512], where[160];
+    sl_client_t c;
+    sl_client_response_t res;
+
+    /* the client over the Unix socket */
+    snprintf(where, sizeof where, "unix:%s", srv.sock);
+    sl_client_init(&c, where, TOKEN, err, sizeof err);
+    json_t *body = json_pack("{s:s}", "code", "#nodes()");
+    int rc = sl_client_request(&c, "POST", "/api/v2/repl", body, &res, err, sizeof err);
+    TAP_CHECK(rc == 0 && res.status == 200 && res.json &&
+                  !strcmp(json_string_value(json_object_get(res.json, "output")), "3\n"),
+              "R1: POST /api/v2/repl through the client over the Unix socket");
+    if (rc == 0)
+        sl_client_response_free(&res);
+    rc = sl_client_request(&c, "POST", "/api/v2/repl", body, &res, err, sizeof err);
+    TAP_CHECK(rc == 0 && res.status == 200, "client: a kept-alive connection serves a second request");
+    if (rc == 0)
+        sl_client_response_free(&res);
+    json_decref(body);
+    sl_client_close(&c);
+    struct stat st;
+    TAP_CHECK(stat(srv.sock, &st) == 0 && (st.st_mode & 0777) == 0600, "R1: the socket is mode 0600");
+
+    /* the client over TCP, wrong token and unreachable */
+    snprintf(where, sizeof where, "127.0.0.1:%d", srv.port);
+    sl_client_init(&c, where, "wrong", err, sizeof err);
+    body = json_pack("{s:s}", "code", "1");
+    rc = sl_client_request(&c, "POST", "/api/v2/repl", body, &res, err, sizeof err);
+    char text[512] = "";
+    if (rc == 0) {
+        sl_client_error_text(&res, text, sizeof text);
+        sl_client_response_free(&res);
+    }
+    TAP_CHECK(rc == 0 && strstr(text, "the token was refused") != NULL,
+              "client: a refused token is said plainly");
+    sl_client_close(&c);
+    sl_client_init(&c, "127.0.0.1:1", TOKEN, err, sizeof err);
+    rc = sl_client_request(&c, "POST", "/api/v2/repl", body, &res, err, sizeof err);
+    TAP_CHECK(rc != 0 && strstr(err, "cannot reach the coordinator at 127.0.0.1:1: connection refused"),
+              "client: an unreachable server is said plainly");
+    json_decref(body);
+    sl_client_close(&c);
+
+    /* the binary, stdin a pipe */
+    const char *bin = getenv("SLUICE_BIN") ? getenv("SLUICE_BIN") : "build/sluice";
+    if (access(bin, X_OK) != 0) {
+        printf("# %s not built: the sluice repl checks are skipped\n", bin);
+        serve_stop();
+        return;
+    }
+    char out[8192];
+    snprintf(where, sizeof where, "unix:%s", srv.sock);
+    char *argv1[] = {(char *)bin, "repl", "--server", where, "--token", TOKEN, NULL};
+    rc = run_piped(argv1, "1 + 1\nfunction g()\n  return 'multi'\nend\ng()\nerror('oops')\n"
+                          "node('n1').liveness\n", out, sizeof out);
+    TAP_CHECK(strstr(out, "2\nmulti\n") != NULL && strstr(out, "error: repl:1: oops") != NULL &&
+                  strstr(out, "alive") != NULL && rc == 1,
+              "R1: sluice repl with a piped stdin: expressions, multi-line, errors (exit 1)");
+    if (!strstr(out, "alive"))
+        printf("# output: %s\n", out);
+    char tcp[64];
+    snprintf(tcp, sizeof tcp, "127.0.0.1:%d", srv.port);
+    char *argv2[] = {(char *)bin, "repl", "--server", tcp, "--token", "nope", NULL};
+    rc = run_piped(argv2, "1\n", out, sizeof out);
+    TAP_CHECK(rc == 1 && strstr(out, "the token was refused") != NULL,
+              "R1: sluice repl over TCP with a wrong token says so");
+    /* the data directory: DIR/repl.sock and DIR/token */
+    char tokpath[200];
+    snprintf(tokpath, sizeof tokpath, "%s/token", dir);
+    FILE *tf = fopen(tokpath, "w");
+    fputs(TOKEN "\n", tf);
+    fclose(tf);
+    char *argv3[] = {(char *)bin, "repl", "--data", (char *)dir, NULL};
+    rc = run_piped(argv3, "'found'\n", out, sizeof out);
+    TAP_CHECK(rc == 0 && !strcmp(out, "found\n"), "R1: sluice repl --data DIR finds socket and token");
+    unlink(tokpath);
+
+    /* a terminal session through a pseudo-terminal */
+    int master;
+    pid_t pid = forkpty(&master, NULL, NULL, NULL);
+    if (pid == 0) {
+        setenv("HOME", dir, 1);
+        setenv("TERM", "dumb", 1);
+        execv(bin, argv1);
+        _exit(127);
+    }
+    char buf[16384] = "";
+    int ok = pty_expect(master, buf, sizeof buf, "sluice> ");
+    pty_send(master, "#nodes() + 1\r");
+    ok = ok && pty_expect(master, buf, sizeof buf, "4\r\n");
+    buf[0] = '\0';
+    pty_send(master, "function h()\r");
+    ok = ok && pty_expect(master, buf, sizeof buf, "   ...> ");
+    pty_send(master, "return 'pty' end\r");
+    pty_send(master, "h()\r");
+    ok = ok && pty_expect(master, buf, sizeof buf, "pty\r\n");
+    TAP_CHECK(ok, "R1: a terminal session: prompt, expression, continuation prompt");
+    buf[0] = '\0';
+    pty_send(master, "policy.rel\t");
+    ok = pty_expect(master, buf, sizeof buf, "policy.reload");
+    pty_send(master, "\x15"); /* Ctrl-U: drop the line */
+    TAP_CHECK(ok, "R1: tab completes through the server");
+    buf[0] = '\0';
+    pty_send(master, "nosuch()\r");
+    ok = pty_expect(master, buf, sizeof buf, "error: repl:1: attempt to call a nil value");
+    pty_send(master, "'still here'\r");
+    ok = ok && pty_expect(master, buf, sizeof buf, "still here");
+    TAP_CHECK(ok, "R1: an error prints and the session goes on");
+    pty_send(master, "\x04"); /* Ctrl-D */
+    int status = -1;
+    for (int i = 0; i < 50; i++) {
+        if (waitpid(pid, &status, WNOHANG) == pid)
+            break;
+        char sink[256];
+        if (read(master, sink, sizeof sink) < 0 && errno != EAGAIN)
+            usleep(20000);
+        usleep(20000);
+        status = -1;
+    }
+    if (status == -1) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+    }
+    TAP_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "R1: Ctrl-D exits 0");
+    close(master);
+    char hist[200];
+    snprintf(hist, sizeof hist, "%s/.sluice_history", dir);
+    TAP_CHECK(access(hist, R_OK) == 0, "R1: history is kept in ~/.sluice_history");
+    unlink(hist);
+    serve_stop();
 }
 
 int main(void)
@@ -344,6 +612,8 @@ int main(void)
                           "drain.cancel"),
               "R1: POST /api/v2/repl/complete");
     json_decref(j);
+
+    test_over_http(dir);
 
     sl_repl_free(repl);
     sl_core_set_policy(core, NULL);
