@@ -433,8 +433,10 @@ int sl_core_recover(sl_core_t *core, uint64_t now_ms)
     rc = core->store->ops->list_liveness(core->store, collect_stopping, core);
     if (rc) return rc;
     core->recovered = rec;
-    sl_drain_record_t now_rec = {.epoch = rec.epoch}; /* the target comes back at the end */
-    set_record(core, &now_rec);
+    /* nodes that reconnect are told the record as it was stored — target and epoch — so
+     * what maintainers report meanwhile is about the right target; the target's liveness
+     * and the drain itself come back when bootstrap ends */
+    set_record(core, &rec);
     uint64_t wait = core->cfg.bootstrap_ms ? core->cfg.bootstrap_ms : core->cfg.node_timeout_ms;
     core->bootstrapping = true;
     core->bootstrap_until_ms = core->now_ms + wait;
