@@ -54,6 +54,7 @@ typedef struct {
     uint64_t node_epoch;
     uint64_t last_heartbeat_ms;
     conn_t *conn; /* NULL while disconnected */
+    int dead;     /* the core declared this incarnation dead: it may come back only anew */
 } peer_t;
 
 typedef struct {
@@ -95,13 +96,15 @@ struct sl_coord {
     size_t ncfs, cfs_cap;
 
     uint64_t base_real_ms, base_uv_ms;
-    uint64_t view_version, view_sig;
+    uint64_t view_version, view_sig, last_view_ms;
     sl_frame_item_t *items; /* decode and encode buffer, SL_PROTO_LIST_MAX */
 
     /* what the logs last said about the drain */
     char log_target[SL_ID_MAX];
     uint64_t log_epoch;
     char log_blocked[256];
+    uint64_t log_blocked_since;
+    int log_blocked_said;
 
     int open_handles; /* closed handles still to be called back */
     int closing;
@@ -205,15 +208,6 @@ static peer_t *peer_get(sl_coord_t *c, const char *id)
     memset(p, 0, sizeof *p);
     snprintf(p->id, sizeof p->id, "%s", id);
     return p;
-}
-
-static void peer_forget(sl_coord_t *c, const char *id)
-{
-    for (size_t i = 0; i < c->npeers; i++) {
-        if (strcmp(c->peers[i].id, id) != 0) continue;
-        c->peers[i] = c->peers[--c->npeers];
-        return;
-    }
 }
 
 static conn_t *peer_conn(sl_coord_t *c, const char *id)
@@ -345,11 +339,16 @@ static void view_frame(sl_coord_t *c, sl_frame_t *f)
     }
 }
 
-static void maybe_send_view(sl_coord_t *c)
+/* At once when the view changed, and again every heartbeat interval. Never while the core
+ * is bootstrapping (D4/A5): a partial node list would make maintainers give up the
+ * dispatchers they have on nodes that have not reconnected yet. */
+static void maybe_send_view(sl_coord_t *c, int force)
 {
+    if (sl_core_bootstrapping(c->core)) return;
     uint64_t sig = view_signature(c);
-    if (sig == c->view_sig && c->view_version) return;
+    if (!force && sig == c->view_sig && c->view_version) return;
     c->view_sig = sig;
+    c->last_view_ms = now_ms(c);
     /* versions grow across coordinator restarts too: agents ignore older views */
     uint64_t v = real_ms();
     c->view_version = v > c->view_version ? v : c->view_version + 1;
@@ -418,15 +417,21 @@ static void log_drain(sl_coord_t *c)
         snprintf(c->log_target, sizeof c->log_target, "%s", t ? t : "");
         c->log_epoch = st.epoch;
     }
+    /* D10: a drain that stays blocked for a second is worth a warning; the short waits of
+     * every batch (acks, reports) are not */
     const char *blocked = "";
     sl_drain_status_t s;
     if (t && sl_core_drain_status(c->core, t, now_ms(c), &s) == 0 && s.blocked) blocked = s.blocked;
+    uint64_t now = now_ms(c);
     if (strcmp(blocked, c->log_blocked) != 0) {
-        if (blocked[0])
-            sl_log(SL_LOG_WARN, "drain blocked", "target", t, "reason", blocked, NULL);
-        else if (c->log_blocked[0] && t)
+        if (!blocked[0] && c->log_blocked_said && t)
             sl_log(SL_LOG_INFO, "drain unblocked", "target", t, NULL);
         snprintf(c->log_blocked, sizeof c->log_blocked, "%s", blocked);
+        c->log_blocked_since = now;
+        c->log_blocked_said = 0;
+    } else if (blocked[0] && !c->log_blocked_said && now >= c->log_blocked_since + 1000) {
+        sl_log(SL_LOG_WARN, "drain blocked", "target", t, "reason", blocked, NULL);
+        c->log_blocked_said = 1;
     }
 }
 
@@ -434,7 +439,8 @@ static void after_event(sl_coord_t *c)
 {
     if (c->closing) return;
     send_outbox(c);
-    maybe_send_view(c);
+    uint64_t hb = c->cfg.heartbeat_interval_ms ? c->cfg.heartbeat_interval_ms : 1000;
+    maybe_send_view(c, now_ms(c) >= c->last_view_ms + hb);
     flush_all(c);
     log_drain(c);
 }
@@ -491,6 +497,15 @@ static void reject(conn_t *k, const char *fmt, ...)
     conn_close(k, "rejected");
 }
 
+/* A5: the core declared this node dead while its process lives on. Its tasks were placed
+ * elsewhere, so it must not come back with them: it is told to restart as a new
+ * incarnation (a new node epoch, nothing running), then disconnected. */
+static void expel(conn_t *k)
+{
+    sl_log(SL_LOG_WARN, "node declared dead: expelled", "node", k->node, NULL);
+    reject(k, "expelled: declared dead after its silence; restart with a new node epoch");
+}
+
 static void on_hello(conn_t *k, const sl_frame_t *f)
 {
     sl_coord_t *c = k->coord;
@@ -510,6 +525,11 @@ static void on_hello(conn_t *k, const sl_frame_t *f)
     k->node_epoch = f->node_epoch;
     uint64_t now = now_ms(c);
     peer_t *p = peer_find(c, f->node);
+    if (p && p->dead && p->node_epoch == f->node_epoch) {
+        k->node[0] = 0; /* not this peer's connection */
+        reject(k, "expelled: node %s was declared dead; restart with a new node epoch", f->node);
+        return;
+    }
     sl_node_info_t info;
     int known = sl_core_node_info(c->core, f->node, &info) == 0;
     char epoch[32];
@@ -544,6 +564,7 @@ static void on_hello(conn_t *k, const sl_frame_t *f)
         return;
     }
     p->node_epoch = f->node_epoch;
+    p->dead = 0;
     p->conn = k;
     p->last_heartbeat_ms = now;
     sl_core_heartbeat(c->core, f->node, 0, now);
@@ -561,8 +582,7 @@ static void on_hello(conn_t *k, const sl_frame_t *f)
     conn_queue(k, &w);
     /* a new view for everyone (the node knows its peers before any task arrives), then
      * the drain (D5) */
-    c->view_sig = 0;
-    maybe_send_view(c);
+    maybe_send_view(c, 1);
     sl_frame_t d;
     memset(&d, 0, sizeof d);
     d.type = SL_FRAME_DRAIN;
@@ -602,8 +622,7 @@ static void on_heartbeat(conn_t *k, uint64_t acked_epoch, const sl_frame_t *f)
     peer_t *p = peer_find(c, k->node);
     if (p) p->last_heartbeat_ms = now;
     if (sl_core_heartbeat(c->core, k->node, acked_epoch, now) == SL_ENOENT) {
-        /* declared dead meanwhile: it must say HELLO again and join anew */
-        conn_close(k, "node was declared dead");
+        expel(k);
         return;
     }
     /* A5: what the node runs, adopted after a (re)connect or during a bootstrap */
@@ -773,20 +792,17 @@ static void on_tick(uv_timer_t *t)
         }
         sl_node_info_t info;
         if (sl_core_node_info(c->core, k->node, &info) == SL_ENOENT) {
-            /* A5: the core declared it dead after its silence; it must join again */
-            sl_log(SL_LOG_WARN, "node declared dead", "node", k->node, NULL);
-            conn_close(k, "declared dead");
+            expel(k); /* A5: the core declared it dead after its silence */
         }
     }
-    /* peers the core no longer knows are forgotten (L3) */
-    for (size_t i = 0; i < c->npeers;) {
+    /* peers the core no longer knows are dead (L3 freed them in the core); their
+     * incarnation is remembered so that it cannot come back with its old tasks */
+    for (size_t i = 0; i < c->npeers; i++) {
         sl_node_info_t info;
-        if (!c->peers[i].conn && sl_core_node_info(c->core, c->peers[i].id, &info) == SL_ENOENT) {
-            sl_log(SL_LOG_WARN, "node left", "node", c->peers[i].id, NULL);
-            peer_forget(c, c->peers[i].id);
-            continue;
+        if (!c->peers[i].dead && sl_core_node_info(c->core, c->peers[i].id, &info) == SL_ENOENT) {
+            sl_log(SL_LOG_WARN, "node left the cluster", "node", c->peers[i].id, NULL);
+            c->peers[i].dead = 1;
         }
-        i++;
     }
     after_event(c);
 }
@@ -1014,6 +1030,8 @@ static void h_drain_get(void *arg, const sl_http_request_t *req, sl_http_respons
     const char *id = sl_http_param(req, "capture_id");
     sl_drain_status_t s;
     int rc = sl_core_drain_status(c->core, id, now_ms(c), &s);
+    /* a node that has not reconnected yet after a restart may still come back (D4) */
+    if (rc == SL_ENOENT && sl_core_bootstrapping(c->core)) rc = SL_ENOTREADY;
     if (rc) respond_core_error(res, rc, id);
     else sl_http_respond_json(res, 200, drain_status_json(c, id, &s));
 }

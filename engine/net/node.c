@@ -358,6 +358,41 @@ static void pump(sl_node_t *n)
 
 /* ---- frames from the coordinator ----------------------------------------------------------- */
 
+static int new_agent(sl_node_t *n, char *err, size_t errlen)
+{
+    sl_agent_config_t ac;
+    sl_agent_config_default(&ac);
+    if (n->cfg.heartbeat_interval_ms) ac.heartbeat_interval_ms = n->cfg.heartbeat_interval_ms;
+    int rc = sl_agent_new(n->id, n->node_epoch, &ac, &timer_driver, n, &n->agent);
+    if (rc) {
+        snprintf(err, errlen, "node id '%s': %s", n->id, sl_strerror(rc));
+        return rc;
+    }
+    if (n->policy) sl_agent_set_policy(n->agent, n->policy);
+    return 0;
+}
+
+/* A new incarnation: a new node epoch and an agent that runs nothing. Completions of the
+ * old incarnation's tasks still in flight find no task and are ignored. */
+static int restart_agent(sl_node_t *n)
+{
+    uint64_t epoch = real_ms();
+    sl_agent_t *old = n->agent;
+    n->node_epoch = epoch > n->node_epoch ? epoch : n->node_epoch + 1;
+    char err[256];
+    if (new_agent(n, err, sizeof err)) {
+        n->agent = old;
+        sl_log(SL_LOG_ERROR, "cannot restart the agent", "error", err, NULL);
+        return SL_ENOMEM;
+    }
+    sl_agent_free(old);
+    n->state_sig = 0;
+    char e[32];
+    snprintf(e, sizeof e, "%" PRIu64, n->node_epoch);
+    sl_log(SL_LOG_INFO, "new incarnation", "node_epoch", e, NULL);
+    return 0;
+}
+
 static void send_bootstrap_heartbeat(sl_node_t *n)
 {
     sl_agent_msg_t m;
@@ -374,8 +409,16 @@ static void on_frame(sl_node_t *n, const sl_frame_t *f)
     uint64_t now = now_ms(n);
     if (!n->ready) {
         if (f->type == SL_FRAME_REJECT) {
-            sl_log(SL_LOG_ERROR, "coordinator rejected this node", "reason", f->reason, NULL);
-            n->backoff_ms = n->cfg.reconnect_max_ms;
+            if (!strncmp(f->reason, "expelled", 8)) {
+                /* A5: declared dead while alive. Its tasks live elsewhere now: this node
+                 * comes back as a new incarnation that runs nothing. */
+                sl_log(SL_LOG_WARN, "expelled by the coordinator: restarting as a new incarnation",
+                       "reason", f->reason, NULL);
+                if (restart_agent(n) == 0) n->backoff_ms = 0;
+            } else {
+                sl_log(SL_LOG_ERROR, "coordinator rejected this node", "reason", f->reason, NULL);
+                n->backoff_ms = n->cfg.reconnect_max_ms;
+            }
             conn_drop(n, "rejected");
             return;
         }
@@ -706,23 +749,15 @@ int sl_node_start(uv_loop_t *loop, const sl_node_config_t *cfg, sl_node_t **out,
         (cfg->state_file && !n->state_file))
         goto fail;
     if ((rc = resolve(n->coordinator, &n->sa, err, errlen)) != 0) goto fail;
-    sl_agent_config_t ac;
-    sl_agent_config_default(&ac);
-    if (cfg->heartbeat_interval_ms) ac.heartbeat_interval_ms = cfg->heartbeat_interval_ms;
-    if ((rc = sl_agent_new(n->id, n->node_epoch, &ac, &timer_driver, n, &n->agent)) != 0) {
-        snprintf(err, errlen, "node id '%s': %s", n->id, sl_strerror(rc));
-        goto fail;
-    }
     if (cfg->policy_path) {
         sl_policy_limits_t lim;
         sl_policy_limits_default(&lim);
         char e[SL_ERRMSG_MAX];
-        if (sl_policy_lua_load(cfg->policy_path, &lim, &n->policy, e, sizeof e) == 0)
-            sl_agent_set_policy(n->agent, n->policy);
-        else
+        if (sl_policy_lua_load(cfg->policy_path, &lim, &n->policy, e, sizeof e) != 0)
             sl_log(SL_LOG_WARN, "policy not loaded: maintainers use the built-in policy", "error", e,
                    NULL);
     }
+    if ((rc = new_agent(n, err, errlen)) != 0) goto fail;
     uv_timer_init(loop, &n->tick);
     uv_timer_init(loop, &n->reconnect);
     n->tick.data = n->reconnect.data = n;
@@ -736,6 +771,7 @@ int sl_node_start(uv_loop_t *loop, const sl_node_config_t *cfg, sl_node_t **out,
     return 0;
 fail:
     sl_agent_free(n->agent);
+    sl_policy_free(n->policy);
     free(n->items);
     free(n->coordinator);
     free(n->id);
