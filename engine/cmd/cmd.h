@@ -8,6 +8,7 @@
 int sl_cmd_policy(int argc, char **argv); /* sluice policy check FILE */
 int sl_cmd_serve(int argc, char **argv);  /* sluice serve: the coordinator */
 int sl_cmd_agent(int argc, char **argv);  /* sluice agent: one node */
+int sl_cmd_dev(int argc, char **argv);    /* sluice dev: coordinator + N nodes */
 int sl_cmd_sim(int argc, char **argv);    /* sluice sim (M1, M2) */
 int sl_cmd_repl(int argc, char **argv);   /* sluice repl (R1) */
 int sl_cmd_drain(int argc, char **argv);  /* sluice drain ID (R2) */

@@ -35,6 +35,7 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "policy")) return sl_cmd_policy(argc - 1, argv + 1);
     if (!strcmp(argv[1], "serve")) return sl_cmd_serve(argc - 1, argv + 1);
     if (!strcmp(argv[1], "agent")) return sl_cmd_agent(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "dev")) return sl_cmd_dev(argc - 1, argv + 1);
     if (!strcmp(argv[1], "sim")) return sl_cmd_sim(argc - 1, argv + 1);
     if (!strcmp(argv[1], "repl")) return sl_cmd_repl(argc - 1, argv + 1);
     if (!strcmp(argv[1], "drain")) return sl_cmd_drain(argc - 1, argv + 1);
