@@ -103,7 +103,7 @@ static void draw_bar(json_t *s, const char *id)
     if (p > 1)
         p = 1;
     char bar[32];
-    int cells = 20, full = (int)(p * cells);
+    int cells = 12, full = (int)(p * cells);
     for (int i = 0; i < cells; i++)
         bar[i] = i < full ? '#' : '-';
     bar[cells] = '\0';
@@ -112,7 +112,7 @@ static void draw_bar(json_t *s, const char *id)
     json_t *blocked = json_object_get(s, "blocked");
     char line[512];
     int n = snprintf(line, sizeof line,
-                     "%s [%s] %3.0f%%  left: %lld maintainers, %lld dispatchers  %.1f tasks/s  ETA %s%s%s",
+                     "%s [%s] %3.0f%%  left %lld maintainers, %lld dispatchers  %.1f/s  ETA %s%s%s",
                      id, bar, p * 100.0, jint(s, "remaining_maintainer_count"),
                      jint(s, "remaining_dispatcher_count"), jnum(s, "current_speed", 0), eta,
                      json_array_size(blocked) ? "  blocked: " : "",
