@@ -1,0 +1,157 @@
+-- repl_spec.lua — `sluice repl` against a running coordinator (R1) and hot reload of the
+-- live policy (P4): a scripted session (expressions, multi-line chunks, an error and the
+-- session going on, nodes()), the data directory's socket and token, the completion
+-- route, a runaway loop stopped by the budget while the coordinator keeps answering, a
+-- terminal session through `script`'s pseudo-terminal; a policy saved into the policy
+-- directory going live (rename-over save too), a broken one kept out with file:line.
+-- Pending until the coordinator serves POST /api/v2/repl (and, for P4, watches its
+-- policy directory: GET /api/v2/policies shows `watching`).
+local C = require "support.procs"
+local q, sh, run, read, wait, available, sluice = C.q, C.sh, C.run, C.read, C.wait, C.available, C.sluice
+local cjson = require "cjson"
+
+-- Runs `sluice repl` with `input` on stdin; returns output and exit code.
+local function repl(input, auth)
+  local f = C.dir .. "/repl.in"
+  local h = assert(io.open(f, "w"))
+  h:write(input)
+  h:close()
+  return sh(("%s repl %s <%s 2>&1"):format(q(C.BIN), auth or ("--server " .. C.http_addr .. " --token " .. C.token), q(f)))
+end
+
+local function has_repl_route()
+  local code = C.http("POST", "/api/v2/repl", '{"code":"1"}')
+  return code == 200
+end
+
+local function policy_info()
+  local code, body = C.http("GET", "/api/v2/policies")
+  if code ~= 200 then return nil end
+  local ok, j = pcall(cjson.decode, body)
+  return ok and j.items and j.items[1] or nil
+end
+
+describe("REPL (R1) and hot reload (P4) against a running coordinator", function()
+  local ok, why = available()
+  local policy_dir
+
+  setup(function()
+    if not ok then return end
+    -- a policy directory of its own, so the specs can save into it
+    policy_dir = (sh("mktemp -d /tmp/sluice-policies-XXXXXX")):gsub("%s+$", "")
+    run("cp policies/*.lua " .. q(policy_dir))
+    C.policy_dir = policy_dir
+    C.start()
+    if not has_repl_route() then
+      ok, why = false, "the coordinator does not serve POST /api/v2/repl yet"
+    end
+  end)
+
+  teardown(function()
+    if C.dir then C.stop() end
+    if policy_dir then run("rm -rf " .. q(policy_dir)) end
+  end)
+
+  it("R1: a scripted session: expressions, multi-line, an error, the session goes on", function()
+    if not ok then return pending(why) end
+    local out, code = repl("1 + 1\nfunction f(x)\n  return x * 2\nend\nf(21)\nnosuch()\n#nodes()\n" ..
+      "nodes()[1].liveness\n{b = 1, a = 'x'}\n")
+    assert.truthy(out:match("^2\n42\n"), out)
+    assert.truthy(out:match("error: repl:1: attempt to call a nil value %(global 'nosuch'%)"), out)
+    assert.truthy(out:match("\n3\nalive\n"), out)
+    assert.truthy(out:match('{ a = "x", b = 1 }'), out)
+    assert.are.equal(1, code) -- an evaluation failed
+  end)
+
+  it("R1: inspection functions answer", function()
+    if not ok then return pending(why) end
+    local out, code = repl("#changefeeds()\ndrain.status().state\npolicy.info().name\ntype(operators())\n" ..
+      "#drain.plan('n1') >= 0\n")
+    assert.are.equal(0, code, out)
+    assert.truthy(out:match("^6\nnone\n[%w%-_]+\ntable\ntrue\n$"), out)
+  end)
+
+  it("R1: --data DIR finds the socket (0600) and the token file", function()
+    if not ok then return pending(why) end
+    local sock = C.data .. "/repl.sock"
+    if not run("test -S " .. q(sock)) then return pending("no " .. sock .. " yet") end
+    assert.are.equal("600", (sh("stat -c %a " .. q(sock))):gsub("%s", ""))
+    run(("cp %s %s/token"):format(q(C.dir .. "/token"), q(C.data)))
+    local out, code = repl("'via the socket'\n", "--data " .. q(C.data))
+    assert.are.equal(0, code, out)
+    assert.are.equal("via the socket\n", out)
+  end)
+
+  it("R1: completion through POST /api/v2/repl/complete", function()
+    if not ok then return pending(why) end
+    local code, body = C.http("POST", "/api/v2/repl/complete", '{"prefix":"drain.st"}')
+    assert.are.equal(200, code, body)
+    assert.are.same({ "drain.start", "drain.status" }, cjson.decode(body).matches)
+  end)
+
+  it("R1: a runaway loop is stopped by the budget; the coordinator keeps answering", function()
+    if not ok then return pending(why) end
+    local t0 = C.now()
+    local out = repl("while true do end\n'after'\n")
+    assert.truthy(out:match("budget"), out)
+    assert.truthy(out:match("after\n"), out)
+    assert.is_true(C.now() - t0 < 5)
+    local code = C.http("GET", "/api/v2/health")
+    assert.are.equal(200, code)
+  end)
+
+  it("R1: a terminal session through a pseudo-terminal", function()
+    if not ok then return pending(why) end
+    if not run("command -v script >/dev/null 2>&1") then return pending("no script(1)") end
+    local f = C.dir .. "/tty.in"
+    local h = assert(io.open(f, "w"))
+    -- one line at a time, as typed; Ctrl-D at the end
+    h:write("#nodes()\nfunction g()\nreturn 'typed' end\ng()\n\4")
+    h:close()
+    local cmd = ("HOME=%s %s repl --server %s --token %s"):format(q(C.dir), q(C.BIN), C.http_addr, C.token)
+    local out, code = sh(("script -qec %s /dev/null <%s"):format(q(cmd), q(f)))
+    assert.are.equal(0, code, out)
+    assert.truthy(out:match("sluice> "), out)
+    assert.truthy(out:match("   %.%.%.> "), out)
+    assert.truthy(out:match("typed"), out)
+  end)
+
+  it("P4: a policy saved into the policy directory goes live; a broken one is kept out", function()
+    if not ok then return pending(why) end
+    local info = policy_info()
+    if not info or info.watching == nil then return pending("the coordinator does not watch its policy directory yet") end
+    local v0 = info.version
+    local src = read(policy_dir .. "/least_loaded.lua")
+    -- a rename-over save, as editors do
+    local tmp = policy_dir .. "/.least_loaded.lua.tmp"
+    local h = assert(io.open(tmp, "w"))
+    h:write((src:gsub('name%s*=%s*"[^"]*"', 'name = "saved-by-spec"', 1)))
+    h:close()
+    assert.is_true(os.rename(tmp, policy_dir .. "/least_loaded.lua"))
+    wait("the saved policy to go live", 5, function()
+      local i = policy_info()
+      return i and i.name == "saved-by-spec" and i.version > v0
+    end)
+    -- broken: the previous stays, the error names file and line
+    h = assert(io.open(policy_dir .. "/least_loaded.lua", "w"))
+    h:write("return {\n  name = 'broken',\n  place = function(tasks nodes) end,\n}\n")
+    h:close()
+    local broken = wait("the error to show", 5, function()
+      local i = policy_info()
+      return i and i.last_error ~= cjson.null and i.last_error and i
+    end)
+    assert.are.equal("saved-by-spec", broken.name)
+    assert.truthy(broken.last_error:match("least_loaded%.lua:3:"), broken.last_error)
+    assert.truthy(broken.last_error:match("using previous policy"), broken.last_error)
+    -- policy.reload() from the REPL says the same
+    local out = repl("policy.reload()\n")
+    assert.truthy(out:match("using previous policy"), out)
+    h = assert(io.open(policy_dir .. "/least_loaded.lua", "w"))
+    h:write(src)
+    h:close()
+    wait("the original policy back", 5, function()
+      local i = policy_info()
+      return i and i.name ~= "saved-by-spec" and i.last_error == cjson.null
+    end)
+  end)
+end)
