@@ -11,7 +11,7 @@ CC ?= cc
 
 # Debian packages the build and the tests need. `make deps` installs the missing ones.
 DEB_PACKAGES := pkg-config liblua5.4-dev lua5.4 libuv1-dev lua-cjson lua-busted \
-                libhttp-parser-dev libjansson-dev libsqlite3-dev libedit-dev
+                libhttp-parser-dev libjansson-dev libsqlite3-dev libedit-dev curl
 
 PKGS := lua5.4 libuv jansson sqlite3 libedit
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -56,6 +56,7 @@ deps:
 	[ -f /usr/include/http_parser.h ] || missing=1; \
 	command -v lua5.4 >/dev/null || missing=1; \
 	command -v busted >/dev/null || missing=1; \
+	command -v curl >/dev/null || missing=1; \
 	lua5.4 -e 'require "cjson"' 2>/dev/null || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  echo "deps: installing Debian packages: $(DEB_PACKAGES)"; \
