@@ -104,9 +104,28 @@ describe("D5 epochs", function()
     assert.are.equal(0, #cl:take())
     assert.matches("acknowledged", c:drain_status("n1", cl.now).blocked)
     assert(c:heartbeat("n2", 1, cl.now)) -- only n2 acknowledges
+    -- the drain waits for the others a little, so that n2 does not take the whole batch
+    assert.are.equal(0, #cl:take())
+    assert.matches("waiting for nodes to acknowledge epoch 1 %(1 of 2 have%)", c:drain_status("n1", cl.now).blocked)
+    cl.now = cl.now + 2000
+    assert(c:heartbeat("n2", 1, cl.now))
+    c:tick(cl.now) -- n3 never answered: it stays gated, n2 gets the work
     local msgs = cl:take()
     assert.is_true(#msgs > 0)
     for _, op in ipairs(c:operators()) do assert.are.equal("n2", op.to) end
+  end)
+
+  it("D5: once every node has acknowledged, the batch is shared", function()
+    local c, cl = setup({ "n1", "n2", "n3" }, 6, { drain_batch_size = 4 })
+    cl.mute = true
+    assert(c:drain_start("n1", cl.now))
+    cl:take()
+    assert(c:heartbeat("n2", 1, cl.now))
+    assert.are.equal(0, #cl:take())
+    assert(c:heartbeat("n3", 1, cl.now))
+    local to = {}
+    for _, op in ipairs(c:operators()) do to[op.to] = (to[op.to] or 0) + 1 end
+    assert.are.same({ n2 = 1, n3 = 1 }, to)
   end)
 
   it("D5: stale and unknown epochs are ignored", function()

@@ -350,6 +350,31 @@ done:
     free(taken);
 }
 
+/* D5: right after a drain starts, the first node to acknowledge the new epoch would be
+ * the only destination and would take a whole batch. The drain waits until every Alive
+ * node has acknowledged, or two heartbeat intervals have passed (a node that does not
+ * answer by then stays gated, and the others share the work). */
+static bool drain_waits_for_acks(sl_core_t *core, const sl_node_t *target)
+{
+    if (!core->cfg.epoch_gate || !core->drain_controlled || !core->cfg.heartbeat_interval_ms)
+        return false;
+    if (core->now_ms >= core->record.started_at_ms + 2 * core->cfg.heartbeat_interval_ms)
+        return false;
+    uint32_t alive = 0, acked = 0;
+    for (size_t i = 0; i < core->node_order.len; i++) {
+        const sl_node_t *n = &core->nodes[core->node_order.v[i]];
+        if (n == target || atomic_load(&n->liveness) != SL_ALIVE) continue;
+        alive++;
+        acked += sl_drain__gate_open(core, n);
+    }
+    if (acked == alive) return false;
+    snprintf(core->drain_blocked, sizeof core->drain_blocked,
+             "waiting for nodes to acknowledge epoch %llu (%u of %u have)",
+             (unsigned long long)core->record.epoch, acked, alive);
+    sl_core__wait(core, "drain of %s: %s", target->id, core->drain_blocked);
+    return true;
+}
+
 static void drain(sl_core_t *core)
 {
     if (core->drain_target == SL_NONE) return;
@@ -360,6 +385,7 @@ static void drain(sl_core_t *core)
     uint32_t room = core->cfg.drain_batch_size > busy ? core->cfg.drain_batch_size - busy : 0;
     if (cap < room) room = cap;
     if (!room || target->head == SL_NONE) return;
+    if (drain_waits_for_acks(core, target)) return;
     if (!sl_sched__build_view(core)) { /* D10 */
         snprintf(core->drain_blocked, sizeof core->drain_blocked,
                  "no schedulable destination%s",
