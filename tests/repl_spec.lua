@@ -103,13 +103,13 @@ describe("REPL (R1) and hot reload (P4) against a running coordinator", function
   it("R1: a terminal session through a pseudo-terminal", function()
     if not ok then return pending(why) end
     if not run("command -v script >/dev/null 2>&1") then return pending("no script(1)") end
-    local f = C.dir .. "/tty.in"
-    local h = assert(io.open(f, "w"))
-    -- one line at a time, as typed; Ctrl-D at the end
-    h:write("#nodes()\nfunction g()\nreturn 'typed' end\ng()\n\4")
-    h:close()
+    -- typed one line at a time (script(1) gives up on a terminal whose input ended early);
+    -- Ctrl-D at the end
+    local typed = { "#nodes()\\n", "function g()\\n", "return 'typed' end\\n", "g()\\n", "\\004" }
+    local feed = { "sleep 0.5" }
+    for _, line in ipairs(typed) do feed[#feed + 1] = "printf " .. q(line) .. "; sleep 0.3" end
     local cmd = ("HOME=%s %s repl --server %s --token %s"):format(q(C.dir), q(C.BIN), C.http_addr, C.token)
-    local out, code = sh(("script -qec %s /dev/null <%s"):format(q(cmd), q(f)))
+    local out, code = sh(("(%s) | timeout 20 script -qec %s /dev/null"):format(table.concat(feed, "; "), q(cmd)))
     assert.are.equal(0, code, out)
     assert.truthy(out:match("sluice> "), out)
     assert.truthy(out:match("   %.%.%.> "), out)
