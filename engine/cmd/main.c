@@ -8,6 +8,16 @@ static void usage(FILE *to)
 {
     fputs("usage: sluice <command> [options]\n"
           "\n"
+          "  dev [--nodes 4] [--changefeeds 32] [--tables 16] [--listen A] [--data DIR]\n"
+          "      [--policy-dir policies] [--policy FILE]\n"
+          "                      a coordinator and N nodes on loopback; prints URL, token\n"
+          "                      and REPL socket; runs until SIGINT/SIGTERM\n"
+          "  serve --listen A --node-listen A --data DIR --policy-dir DIR [--policy FILE]\n"
+          "        --token-file F\n"
+          "                      the coordinator alone\n"
+          "  agent --coordinator A --id ID --token-file F\n"
+          "                      one node\n"
+          "\n"
           "  policy check FILE   load a policy through the sandbox, run its selftest and a\n"
           "                      small placement; exit 0 when it is sound\n"
           "\n"
@@ -22,7 +32,7 @@ static void usage(FILE *to)
           "  (clients find the coordinator through --server/--token, SLUICE_SERVER/\n"
           "   SLUICE_TOKEN, or --data DIR: DIR/repl.sock and DIR/token)\n"
           "\n"
-          "Not built yet: dev, serve, agent (see SPEC §4).\n",
+          "`sluice COMMAND --help` lists a command's options (SPEC §4).\n",
           to);
 }
 

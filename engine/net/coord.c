@@ -19,15 +19,18 @@
 
 #include "../core/core.h"
 #include "../policy/policy.h"
+#include "../policy/registry.h"
 #include "../store/store.h"
 #include "coord.h"
 #include "http.h"
 #include "log.h"
 #include "proto.h"
+#include "repl.h"
 
 #define HELLO_TIMEOUT_MS 10000
 #define NODE_WRITE_QUEUE_MAX (64u << 20) /* a node that stops reading is cut off here */
 #define POLICY_DEBOUNCE_MS 100
+#define REPL_SOCKET "repl.sock"
 #define TABLE_COUNT_MAX 1000000
 
 typedef struct conn conn_t;
@@ -71,17 +74,14 @@ struct sl_coord {
     sl_core_t *core;
     sl_store_t *store;
 
-    /* the live policy (P4) */
-    sl_policy_t *policy; /* NULL: the core's built-in */
-    char policy_name[SL_ID_MAX];
-    char policy_path[1024];
-    uint64_t policy_version;
-    uint64_t policy_loaded_at_ms;
-    char policy_error[SL_ERRMSG_MAX];
-    uint64_t policy_reloads, policy_reload_errors;
-    uv_fs_event_t policy_watch;
-    uv_timer_t policy_debounce;
-    int watching;
+    /* the live policy (P4): the registry loads, watches and swaps it; the core borrows it */
+    sl_policy_registry_t *reg;
+
+    /* the REPL (R1): evaluated on this loop, served over TCP (token) and <data>/repl.sock */
+    sl_repl_t *repl;
+    sl_http_server_t *repl_http;
+    sl_http_router_t repl_router;
+    sl_http_route_t *repl_routes; /* the routes, all public: the 0600 socket is the guard */
 
     sl_http_server_t *http;
     sl_http_router_t router;
@@ -168,6 +168,7 @@ static void coord_release(sl_coord_t *c)
     free(c->policy_dir);
     free(c->policy_file);
     free(c->token);
+    free(c->repl_routes);
     free(c);
 }
 
@@ -809,49 +810,28 @@ static void on_tick(uv_timer_t *t)
 
 /* ---- policy (P4) ------------------------------------------------------------------------- */
 
-static int policy_reload(sl_coord_t *c, char *err, size_t errlen)
+/* The registry calls this on the loop thread (a watched save, the API, the REPL), never
+ * inside sl_core_tick: the swap falls between two scheduling rounds. */
+static void policy_swap(void *arg, sl_policy_t *next)
 {
-    sl_policy_limits_t lim;
-    sl_policy_limits_default(&lim);
-    sl_policy_t *p = NULL;
-    char e[SL_ERRMSG_MAX] = "";
-    int rc = sl_policy_lua_load(c->policy_path, &lim, &p, e, sizeof e);
-    if (rc) {
-        snprintf(c->policy_error, sizeof c->policy_error, "%s", e);
-        c->policy_reload_errors++;
-        sl_log(SL_LOG_ERROR, c->policy ? "policy reload failed: using previous policy"
-                                       : "policy load failed: using the built-in policy",
-               "file", c->policy_path, "error", e, NULL);
-        if (err) snprintf(err, errlen, "%s", e);
-        return rc;
+    sl_coord_t *c = arg;
+    if (c->core) sl_core_set_policy(c->core, next);
+}
+
+static void policy_reloaded(void *arg, int rc, sl_reload_trigger_t trigger,
+                            const sl_policy_info_t *info)
+{
+    const char *via = trigger == SL_RELOAD_WATCH ? "watch" : "api";
+    if (rc < 0) {
+        sl_log(SL_LOG_ERROR, info->version ? "policy reload failed: using previous policy"
+                                           : "policy load failed: using the built-in policy",
+               "file", info->path, "trigger", via, "error", info->last_error, NULL);
+        return;
     }
-    sl_core_set_policy(c->core, p); /* swapped between two rounds: this is the loop thread */
-    sl_policy_free(c->policy);
-    c->policy = p;
-    c->policy_version++;
-    c->policy_reloads++;
-    c->policy_loaded_at_ms = now_ms(c);
-    c->policy_error[0] = 0;
-    snprintf(c->policy_name, sizeof c->policy_name, "%s", p->name);
     char v[32];
-    snprintf(v, sizeof v, "%" PRIu64, c->policy_version);
-    sl_log(SL_LOG_INFO, "policy loaded", "name", p->name, "file", c->policy_path, "version", v, NULL);
-    return 0;
-}
-
-static void on_policy_debounced(uv_timer_t *t)
-{
-    sl_coord_t *c = t->data;
-    policy_reload(c, NULL, 0);
-    after_event(c);
-}
-
-static void on_policy_dir_event(uv_fs_event_t *h, const char *filename, int events, int status)
-{
-    sl_coord_t *c = h->data;
-    if (status < 0) return;
-    if (filename && strcmp(filename, c->policy_file) != 0) return;
-    uv_timer_start(&c->policy_debounce, on_policy_debounced, POLICY_DEBOUNCE_MS, 0);
+    snprintf(v, sizeof v, "%" PRIu64, info->version);
+    sl_log(SL_LOG_INFO, "policy loaded", "name", info->name, "file", info->path, "version", v,
+           "trigger", via, NULL);
 }
 
 /* ---- HTTP: JSON builders ---------------------------------------------------------------- */
@@ -1059,10 +1039,13 @@ static void h_drain_plan(void *arg, const sl_http_request_t *req, sl_http_respon
         json_array_append_new(arr, json_pack("{s:s,s:o}", "task", moves[i].task, "to",
                                              moves[i].to ? json_string(moves[i].to) : json_null()));
     free(moves);
+    const sl_policy_t *live = sl_policy_registry_policy(c->reg);
+    sl_policy_info_t pi;
+    sl_policy_registry_info(c->reg, &pi);
     sl_http_respond_json(res, 200,
                          json_pack("{s:s,s:s,s:I,s:o}", "capture_id", id, "policy",
-                                   c->policy ? c->policy->name : "builtin", "policy_version",
-                                   (json_int_t)c->policy_version, "moves", arr));
+                                   live ? live->name : "builtin", "policy_version",
+                                   (json_int_t)pi.version, "moves", arr));
 }
 
 /* D13: the older TiCDC route. Clients poll it; the answer is what remains, never 0 before
@@ -1220,16 +1203,27 @@ static json_t *policy_json(sl_coord_t *c)
 {
     sl_core_stats_t st;
     sl_core_stats(c->core, &st);
+    sl_policy_info_t pi;
+    sl_policy_registry_info(c->reg, &pi);
     json_t *refusals = json_array();
     size_t n = sl_core_refusal_count(c->core);
     for (size_t i = 0; i < n; i++) json_array_append_new(refusals, json_string(sl_core_refusal_at(c->core, i)));
-    return json_pack("{s:s,s:s,s:s,s:I,s:o,s:o,s:I,s:I,s:I,s:o}", "name",
-                     c->policy ? c->policy->name : "builtin", "file",
-                     c->policy ? c->policy->file : "builtin", "path", c->policy_path, "version",
-                     (json_int_t)c->policy_version, "loaded_at", json_time_or_null(c->policy_loaded_at_ms),
-                     "last_error", c->policy_error[0] ? json_string(c->policy_error) : json_null(),
-                     "refusals", (json_int_t)st.refusals, "fallbacks", (json_int_t)st.fallbacks,
-                     "reload_errors", (json_int_t)c->policy_reload_errors, "recent_refusals", refusals);
+    json_t *o = json_object();
+    json_object_set_new(o, "name", json_string(pi.name));
+    json_object_set_new(o, "file", json_string(pi.file));
+    json_object_set_new(o, "path", json_string(pi.path));
+    json_object_set_new(o, "version", json_integer((json_int_t)pi.version));
+    json_object_set_new(o, "loaded_at", json_time_or_null(pi.loaded_at_ms));
+    json_object_set_new(o, "last_error", pi.last_error && pi.last_error[0] ? json_string(pi.last_error) : json_null());
+    json_object_set_new(o, "refused", json_integer((json_int_t)st.refusals));
+    json_object_set_new(o, "refusals", json_integer((json_int_t)st.refusals));
+    json_object_set_new(o, "fallbacks", json_integer((json_int_t)st.fallbacks));
+    json_object_set_new(o, "reloads", json_integer((json_int_t)pi.reloads));
+    json_object_set_new(o, "reload_errors", json_integer((json_int_t)pi.reload_errors));
+    json_object_set_new(o, "watch_events", json_integer((json_int_t)pi.watch_events));
+    json_object_set_new(o, "watching", json_boolean(pi.watching));
+    json_object_set_new(o, "recent_refusals", refusals);
+    return o;
 }
 
 static void h_policies(void *arg, const sl_http_request_t *req, sl_http_response_t *res)
@@ -1240,15 +1234,71 @@ static void h_policies(void *arg, const sl_http_request_t *req, sl_http_response
     sl_http_respond_json(res, 200, json_pack("{s:o,s:i}", "items", items, "total", 1));
 }
 
+/* 200 with the info when a new policy went live (1) or nothing changed (0); 422 with the
+ * error (file:line) when the new one was kept out and the old one stays. */
 static void h_policies_reload(void *arg, const sl_http_request_t *req, sl_http_response_t *res)
 {
     sl_coord_t *c = arg_coord(arg);
-    char err[SL_ERRMSG_MAX];
-    if (policy_reload(c, err, sizeof err))
-        sl_http_respond_error(res, 422, "POLICY_ERROR", "%s (using previous policy)", err);
+    char err[SL_ERRMSG_MAX] = "";
+    int rc = sl_policy_registry_reload(c->reg, err, sizeof err);
+    if (rc < 0)
+        sl_http_respond_error(res, 422, "POLICY_ERROR", "%s", err[0] ? err : sl_strerror(rc));
     else
         sl_http_respond_json(res, 200, policy_json(c));
     after_event(c);
+}
+
+/* ---- HTTP: the REPL (R1) ----------------------------------------------------------------- */
+
+static void h_repl(void *arg, const sl_http_request_t *req, sl_http_response_t *res)
+{
+    sl_coord_t *c = arg_coord(arg);
+    if (!c->repl) {
+        sl_http_respond_error(res, 503, "NOT_READY", "the REPL is not running");
+        return;
+    }
+    sl_repl_http_eval(c->repl, req, res);
+    after_event(c); /* steering (drain.start, policy.reload) may have queued messages */
+}
+
+static void h_repl_complete(void *arg, const sl_http_request_t *req, sl_http_response_t *res)
+{
+    sl_coord_t *c = arg_coord(arg);
+    if (!c->repl) {
+        sl_http_respond_error(res, 503, "NOT_READY", "the REPL is not running");
+        return;
+    }
+    sl_repl_http_complete(c->repl, req, res);
+}
+
+/* drain.start / drain.cancel in the REPL do what PUT / DELETE …/drain do: the core
+ * persists and notifies; the handlers log a store failure and flush the outbox */
+static int repl_drain_start(void *arg, const char *id, sl_drain_counts_t *counts)
+{
+    sl_coord_t *c = arg;
+    int rc = sl_core_drain_start(c->core, id, now_ms(c), counts);
+    if (rc == SL_EIO) sl_log(SL_LOG_ERROR, "drain not started: store failed", "target", id, NULL);
+    after_event(c);
+    return rc;
+}
+
+static int repl_drain_cancel(void *arg, const char *id)
+{
+    sl_coord_t *c = arg;
+    int rc = sl_core_drain_cancel(c->core, id, now_ms(c));
+    after_event(c);
+    return rc;
+}
+
+static uint64_t repl_now(void *arg)
+{
+    return now_ms(arg);
+}
+
+static const char *repl_cf_at(void *arg, size_t i)
+{
+    sl_coord_t *c = arg;
+    return i < c->ncfs ? c->cfs[i] : NULL;
 }
 
 /* ---- HTTP: metrics (A7) ---------------------------------------------------------------- */
@@ -1287,6 +1337,8 @@ static void h_metrics(void *arg, const sl_http_request_t *req, sl_http_response_
     text_t t = {0};
     sl_core_stats_t st;
     sl_core_stats(c->core, &st);
+    sl_policy_info_t pi;
+    sl_policy_registry_info(c->reg, &pi);
     const char *target = sl_core_drain_target(c->core);
     sl_drain_status_t s = {0};
     int have = target && sl_core_drain_status(c->core, target, now, &s) == 0;
@@ -1336,8 +1388,7 @@ static void h_metrics(void *arg, const sl_http_request_t *req, sl_http_response_
                 "# TYPE sluice_policy_reloads_total counter\nsluice_policy_reloads_total %" PRIu64 "\n"
                 "# TYPE sluice_policy_reload_errors_total counter\nsluice_policy_reload_errors_total %" PRIu64 "\n"
                 "# TYPE sluice_policy_version gauge\nsluice_policy_version %" PRIu64 "\n",
-            st.refusals, st.fallbacks, st.policy_calls, c->policy_reloads, c->policy_reload_errors,
-            c->policy_version);
+            st.refusals, st.fallbacks, st.policy_calls, pi.reloads, pi.reload_errors, pi.version);
     tprintf(&t, "# HELP sluice_node_heartbeat_lag_seconds Time since each node's last heartbeat.\n"
                 "# TYPE sluice_node_heartbeat_lag_seconds gauge\n");
     uint32_t by_liveness[3] = {0, 0, 0};
@@ -1375,6 +1426,8 @@ static const sl_http_route_t routes[] = {
     {"DELETE", "/api/v2/changefeeds/{changefeed_id}", h_cf_delete, 0},
     {"GET", "/api/v2/policies", h_policies, 0},
     {"POST", "/api/v2/policies/reload", h_policies_reload, 0},
+    {"POST", "/api/v2/repl", h_repl, 0},
+    {"POST", "/api/v2/repl/complete", h_repl_complete, 0},
 };
 
 static void http_log(void *arg, int level, const char *msg)
@@ -1505,8 +1558,13 @@ int sl_coord_start(uv_loop_t *loop, const sl_coord_config_t *cfg, sl_coord_t **o
     sl_core_stats(c->core, &st);
     c->log_epoch = st.epoch;
 
-    snprintf(c->policy_path, sizeof c->policy_path, "%s/%s", c->policy_dir, c->policy_file);
-    policy_reload(c, NULL, 0); /* a failure keeps the built-in policy, with the error shown */
+    /* P4: a failed first load keeps the built-in policy, with the error shown */
+    sl_policy_limits_t lim;
+    sl_policy_limits_default(&lim);
+    sl_policy_registry_hooks_t hooks = {policy_swap, policy_reloaded, c};
+    if ((rc = sl_policy_registry_open(c->policy_dir, c->policy_file, &lim, &hooks, &c->reg, err,
+                                      errlen)) != 0)
+        goto fail_core;
 
     /* listeners */
     c->router = (sl_http_router_t){routes, sizeof routes / sizeof *routes, c->token, c};
@@ -1539,32 +1597,62 @@ int sl_coord_start(uv_loop_t *loop, const sl_coord_config_t *cfg, sl_coord_t **o
     c->node_port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
                                                      : ((struct sockaddr_in *)&bound)->sin_port);
 
+    /* R1: the REPL, evaluated on this loop between two scheduling rounds */
+    sl_repl_ops_t ro = {repl_drain_start, repl_drain_cancel, repl_now, repl_cf_at, c,
+                        cfg->coordinator_node};
+    if ((rc = sl_repl_new(c->core, c->reg, &ro, NULL, &c->repl, err, errlen)) != 0)
+        goto fail_node;
+    /* The Unix socket answers the same routes without the token: it is created 0600 inside
+     * the data directory (itself 0700), so only the coordinator's own user can connect, and
+     * that user can read <data>/token anyway. TCP keeps requiring the token (A3). */
+    size_t nroutes = sizeof routes / sizeof *routes;
+    c->repl_routes = malloc(sizeof routes);
+    if (!c->repl_routes) {
+        rc = SL_ENOMEM;
+        goto fail_repl;
+    }
+    memcpy(c->repl_routes, routes, sizeof routes);
+    for (size_t i = 0; i < nroutes; i++) c->repl_routes[i].public_route = 1;
+    c->repl_router = (sl_http_router_t){c->repl_routes, nroutes, c->token, c};
+    char sock[1100];
+    snprintf(sock, sizeof sock, "%s/%s", c->data_dir, REPL_SOCKET);
+    char serr[256];
+    if (sl_http_listen_unix(loop, sock, &hc, sl_http_router_dispatch, &c->repl_router,
+                            &c->repl_http, serr, sizeof serr) != 0) {
+        /* the REPL stays reachable over TCP with the token */
+        sl_log(SL_LOG_WARN, "REPL socket not available", "path", sock, "error", serr, NULL);
+        c->repl_http = NULL;
+    }
+
     uv_timer_init(loop, &c->tick);
     c->tick.data = c;
     uv_timer_start(&c->tick, on_tick, c->cfg.tick_ms ? c->cfg.tick_ms : 100,
                    c->cfg.tick_ms ? c->cfg.tick_ms : 100);
-    uv_timer_init(loop, &c->policy_debounce);
-    c->policy_debounce.data = c;
-    uv_fs_event_init(loop, &c->policy_watch);
-    c->policy_watch.data = c;
-    if (uv_fs_event_start(&c->policy_watch, on_policy_dir_event, c->policy_dir, 0) == 0)
-        c->watching = 1;
-    else
-        sl_log(SL_LOG_WARN, "policy directory not watched", "dir", c->policy_dir, NULL);
+    /* P4: reloads run from the loop (a watched save), never inside sl_core_tick */
+    char werr[256];
+    if (sl_policy_registry_watch(c->reg, loop, POLICY_DEBOUNCE_MS, werr, sizeof werr) != 0)
+        sl_log(SL_LOG_WARN, "policy directory not watched", "dir", c->policy_dir, "error", werr,
+               NULL);
 
     char hp[16], np[16];
     snprintf(hp, sizeof hp, "%d", sl_http_port(c->http));
     snprintf(np, sizeof np, "%d", c->node_port);
     sl_log(SL_LOG_INFO, "coordinator listening", "http", c->listen, "http_port", hp, "nodes",
-           c->node_listen, "node_port", np, "data", c->data_dir, NULL);
+           c->node_listen, "node_port", np, "data", c->data_dir, "repl",
+           c->repl_http ? sock : "", NULL);
     *out = c;
     return 0;
 
+fail_repl:
+    sl_repl_free(c->repl);
+    c->repl = NULL;
+fail_node:
+    close_handle(c, (uv_handle_t *)&c->node_listener);
 fail_http:
     sl_http_close(c->http);
 fail_policy:
     sl_core_set_policy(c->core, NULL);
-    sl_policy_free(c->policy);
+    sl_policy_registry_close(c->reg);
 fail_core:
     sl_core_free(c->core);
 fail_store:
@@ -1583,6 +1671,7 @@ fail_early:
     free(c->policy_dir);
     free(c->policy_file);
     free(c->token);
+    free(c->repl_routes);
     free(c);
     return rc ? rc : SL_EINVAL;
 }
@@ -1604,18 +1693,21 @@ void sl_coord_close(sl_coord_t *c)
     sl_log(SL_LOG_INFO, "coordinator stopping", NULL);
     sl_http_close(c->http);
     c->http = NULL;
+    sl_http_close(c->repl_http);
+    c->repl_http = NULL;
     while (c->conns) conn_close(c->conns, "coordinator stopping");
+    sl_repl_free(c->repl); /* it borrows the core and the registry */
+    c->repl = NULL;
+    /* P4: detach the core, then close the registry (its handles close with the loop) */
     sl_core_set_policy(c->core, NULL);
+    sl_policy_registry_close(c->reg);
+    c->reg = NULL;
     sl_core_free(c->core);
     c->core = NULL;
-    sl_policy_free(c->policy);
-    c->policy = NULL;
     sl_store_free(c->store);
     c->store = NULL;
     c->open_handles++; /* held until every handle below is closed */
     close_handle(c, (uv_handle_t *)&c->node_listener);
     close_handle(c, (uv_handle_t *)&c->tick);
-    close_handle(c, (uv_handle_t *)&c->policy_debounce);
-    close_handle(c, (uv_handle_t *)&c->policy_watch);
     coord_release(c);
 }
