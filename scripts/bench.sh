@@ -312,6 +312,9 @@ fi
     echo "measured in the same run; the machine is shared, so read them as ratios, not absolutes."
     echo
     echo "Machine: $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -srm), $(gcc --version | head -1)"
+    echo
+    echo "Code: commit $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- engine 2>/dev/null || echo ", with uncommitted changes to: $(git diff --name-only HEAD -- engine | tr '\n' ' ')")"
+    echo
     if [ ${#PIN_SERVER[@]} -gt 0 ]; then
         echo "Pinning: the server under test (sluice serve, ingest_sink, nginx) on core 0; the load (ingest_load, wrk, agents, the B7 poller) on core 1."
     fi
@@ -335,6 +338,21 @@ fi
     echo "  of n1 has completed, and against nginx serving that response body as a static file."
     echo "- B7: bench/policy_reload_bench.c saves the watched policy file (write temp + rename) and polls"
     echo "  \`GET /api/v2/policies\` until \`version\` grows; baseline: \`POST /api/v2/policies/reload\`."
+    echo
+    echo "Where B5's time goes (profiled by hand on 2026-11-26 with \`perf record -g -p <serve>\` and"
+    echo "\`strace -c\` during the B5 wrk load; not re-measured by each run):"
+    echo
+    echo "- 54% kernel, mostly the one write(2) per response (28% in sock_def_readable waking wrk);"
+    echo "  per request the coordinator makes one read, one write and one epoll_ctl — the epoll_ctl"
+    echo "  comes from libuv's uv_write completion (the stream's watcher is re-queued and"
+    echo "  EPOLL_CTL_MOD'ed on every loop turn); nginx makes no epoll_ctl per request."
+    echo "- 15% libjansson and ~20% libc (vfprintf/printf_fp formatting the three JSON reals, malloc/"
+    echo "  free of the JSON tree): h_drain_get builds a json_t tree and dumps it for every request."
+    echo "- ~1.5% libuv timers (read and write timers started and stopped per request), 2.4% http_parser."
+    echo "- Fix (engine/net, not done here): serve the drain status from a body cached per core state"
+    echo "  change (or format it with one snprintf, no tree), and write responses with uv_try_write"
+    echo "  first, falling back to uv_write for what is left — no write request, callback or epoll_ctl"
+    echo "  when the socket takes the whole response, which on loopback it always does."
     echo
     echo "Commands:"
     echo
