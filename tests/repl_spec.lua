@@ -4,8 +4,8 @@
 -- route, a runaway loop stopped by the budget while the coordinator keeps answering, a
 -- terminal session through `script`'s pseudo-terminal; a policy saved into the policy
 -- directory going live (rename-over save too), a broken one kept out with file:line.
--- Pending until the coordinator serves POST /api/v2/repl (and, for P4, watches its
--- policy directory: GET /api/v2/policies shows `watching`).
+-- The coordinator serves POST /api/v2/repl and watches its policy directory (GET
+-- /api/v2/policies shows `watching`); the guards below only skip on an older binary.
 local C = require "support.procs"
 local q, sh, run, read, wait, available, sluice = C.q, C.sh, C.run, C.read, C.wait, C.available, C.sluice
 local cjson = require "cjson"
