@@ -34,6 +34,8 @@ say() { echo "$*" | tee -a "$out"; }
 # left alone)
 want() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
 : >"$out.cmds"
+# what was built (make bench builds right before this script runs)
+code="commit $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- engine 2>/dev/null || echo ", with uncommitted changes to: $(git diff --name-only HEAD -- engine | tr '\n' ' ')")"
 
 if [ "$(nproc)" -ge 2 ]; then
     PIN_SERVER=(taskset -c 0)
@@ -313,7 +315,7 @@ fi
     echo
     echo "Machine: $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -srm), $(gcc --version | head -1)"
     echo
-    echo "Code: commit $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- engine 2>/dev/null || echo ", with uncommitted changes to: $(git diff --name-only HEAD -- engine | tr '\n' ' ')")"
+    echo "Code: $code"
     echo
     if [ ${#PIN_SERVER[@]} -gt 0 ]; then
         echo "Pinning: the server under test (sluice serve, ingest_sink, nginx) on core 0; the load (ingest_load, wrk, agents, the B7 poller) on core 1."
