@@ -50,18 +50,7 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "repl")) return sl_cmd_repl(argc - 1, argv + 1);
     if (!strcmp(argv[1], "drain")) return sl_cmd_drain(argc - 1, argv + 1);
     if (!strcmp(argv[1], "status")) return sl_cmd_status(argc - 1, argv + 1);
-    static const char *const later[] = {"dev", "serve", "agent"};
-    for (size_t i = 0; i < sizeof later / sizeof *later; i++) {
-        if (!strcmp(argv[1], later[i])) {
-            fprintf(stderr,
-                    "sluice %s: not yet. This build has the scheduling core (a Lua module, "
-                    "build/sluice.so), the policy sandbox and `sluice policy check`; the daemon, "
-                    "agents, API, REPL and simulator come next (SPEC D, A, R, M).\n",
-                    argv[1]);
-            return 1;
-        }
-    }
-    fprintf(stderr, "sluice: unknown or not yet built command '%s'\n", argv[1]);
+    fprintf(stderr, "sluice: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;
 }
