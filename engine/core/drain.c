@@ -147,14 +147,15 @@ int sl_core_drain_start(sl_core_t *core, const char *id, uint64_t now_ms, sl_dra
         return SL_EIO;
     }
     set_record(core, &rec); /* D5: the new epoch gates placement from the first round on */
+    core->drain_controlled = true; /* so that first round already speaks as the controller */
     int rc = sl_core_drain_mark(core, n->id); /* Alive→Draining by CAS; a round runs */
     if (rc) {
+        core->drain_controlled = false;
         set_record(core, &old);
         persist_record(core, &old);
         persist_liveness(core, n->id, l);
         return rc;
     }
-    core->drain_controlled = true;
     snprintf(core->last_target, sizeof core->last_target, "%s", n->id);
     core->last_state = SL_DRAIN_DRAINING;
     core->last_record = rec;
