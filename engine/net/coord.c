@@ -39,8 +39,7 @@ struct conn {
     uv_tcp_t tcp;
     sl_coord_t *coord;
     conn_t *next;
-    uint8_t *rbuf;
-    size_t rlen, rcap;
+    sl_proto_reader_t rd;
     uint8_t *obuf; /* frames queued during one event, written at its end */
     size_t olen, ocap;
     char node[SL_ID_MAX]; /* "" until HELLO */
@@ -452,7 +451,7 @@ static void conn_free_cb(uv_handle_t *h)
 {
     conn_t *k = h->data;
     sl_coord_t *c = k->coord;
-    free(k->rbuf);
+    sl_proto_reader_free(&k->rd);
     free(k->obuf);
     free(k);
     coord_release(c);
@@ -689,19 +688,10 @@ static void on_frame(conn_t *k, const sl_frame_t *f, const uint8_t *raw, size_t 
 static void on_conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     conn_t *k = h->data;
-    size_t want = 64 * 1024;
-    if (k->rcap - k->rlen < want) {
-        size_t cap = k->rcap ? k->rcap : want;
-        while (cap - k->rlen < want) cap *= 2;
-        uint8_t *b = realloc(k->rbuf, cap);
-        if (!b) {
-            *buf = uv_buf_init(NULL, 0);
-            return;
-        }
-        k->rbuf = b;
-        k->rcap = cap;
-    }
-    *buf = uv_buf_init((char *)k->rbuf + k->rlen, (unsigned)(k->rcap - k->rlen));
+    uint8_t *at;
+    size_t room;
+    sl_proto_reader_room(&k->rd, 64 * 1024, &at, &room);
+    *buf = uv_buf_init((char *)at, (unsigned)room);
 }
 
 static void on_conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -714,29 +704,23 @@ static void on_conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread == 0) return;
-    k->rlen += (size_t)nread;
-    size_t off = 0;
+    k->rd.len += (size_t)nread;
     while (!k->closing) {
         sl_frame_t f;
         memset(&f, 0, sizeof f);
         f.items = c->items;
         f.items_cap = SL_PROTO_LIST_MAX;
-        size_t used = 0;
+        const uint8_t *raw;
+        size_t rawlen;
         char why[256] = "";
-        int rc = sl_proto_decode(k->rbuf + off, k->rlen - off, SL_PROTO_FRAME_MAX, &f, &used, why,
-                                 sizeof why);
+        int rc = sl_proto_reader_next(&k->rd, &f, &raw, &rawlen, why, sizeof why);
         if (rc == SL_EAGAIN) break;
         if (rc) {
             sl_log(SL_LOG_WARN, "bad frame", "peer", k->peer, "node", k->node, "error", why, NULL);
             conn_close(k, "bad frame");
             break;
         }
-        on_frame(k, &f, k->rbuf + off, used);
-        off += used;
-    }
-    if (!k->closing && off) {
-        memmove(k->rbuf, k->rbuf + off, k->rlen - off);
-        k->rlen -= off;
+        on_frame(k, &f, raw, rawlen);
     }
     after_event(c);
 }

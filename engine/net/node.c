@@ -24,8 +24,7 @@ typedef struct nconn {
     uv_tcp_t tcp;
     uv_connect_t req;
     sl_node_t *node;
-    uint8_t *rbuf;
-    size_t rlen, rcap;
+    sl_proto_reader_t rd;
     uint64_t opened_ms;
     int connected; /* TCP is up, HELLO sent */
     int closing;
@@ -522,7 +521,7 @@ static void conn_closed(uv_handle_t *h)
 {
     nconn_t *k = h->data;
     sl_node_t *n = k->node;
-    free(k->rbuf);
+    sl_proto_reader_free(&k->rd);
     free(k);
     node_release(n);
 }
@@ -564,19 +563,10 @@ static void conn_drop(sl_node_t *n, const char *why)
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     nconn_t *k = h->data;
-    size_t want = 64 * 1024;
-    if (k->rcap - k->rlen < want) {
-        size_t cap = k->rcap ? k->rcap : want;
-        while (cap - k->rlen < want) cap *= 2;
-        uint8_t *b = realloc(k->rbuf, cap);
-        if (!b) {
-            *buf = uv_buf_init(NULL, 0);
-            return;
-        }
-        k->rbuf = b;
-        k->rcap = cap;
-    }
-    *buf = uv_buf_init((char *)k->rbuf + k->rlen, (unsigned)(k->rcap - k->rlen));
+    uint8_t *at;
+    size_t room;
+    sl_proto_reader_room(&k->rd, 64 * 1024, &at, &room);
+    *buf = uv_buf_init((char *)at, (unsigned)room);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -587,29 +577,23 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_drop(n, nread == UV_EOF ? "closed by the coordinator" : uv_strerror((int)nread));
         return;
     }
-    k->rlen += (size_t)nread;
-    size_t off = 0;
+    k->rd.len += (size_t)nread;
     while (!k->closing) {
         sl_frame_t f;
         memset(&f, 0, sizeof f);
         f.items = n->items;
         f.items_cap = SL_PROTO_LIST_MAX;
-        size_t used;
+        const uint8_t *raw;
+        size_t rawlen;
         char why[256] = "";
-        int rc = sl_proto_decode(k->rbuf + off, k->rlen - off, SL_PROTO_FRAME_MAX, &f, &used, why,
-                                 sizeof why);
+        int rc = sl_proto_reader_next(&k->rd, &f, &raw, &rawlen, why, sizeof why);
         if (rc == SL_EAGAIN) break;
         if (rc) {
             sl_log(SL_LOG_WARN, "bad frame from the coordinator", "error", why, NULL);
             conn_drop(n, "bad frame");
             break;
         }
-        off += used;
         on_frame(n, &f);
-    }
-    if (!k->closing && off) {
-        memmove(k->rbuf, k->rbuf + off, k->rlen - off);
-        k->rlen -= off;
     }
     pump(n);
 }

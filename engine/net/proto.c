@@ -4,6 +4,7 @@
  * the bytes present, the frame limit, and the field's own limit. */
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "proto.h"
@@ -243,4 +244,49 @@ int sl_proto_decode(const uint8_t *buf, size_t len, size_t frame_max, sl_frame_t
     }
     *used = 4 + (size_t)body;
     return 0;
+}
+
+/* ---- the read side of a connection ---------------------------------------------------- */
+
+int sl_proto_reader_room(sl_proto_reader_t *r, size_t want, uint8_t **at, size_t *room)
+{
+    if (r->cap - r->len < want) {
+        size_t cap = r->cap ? r->cap : want;
+        while (cap - r->len < want) cap *= 2;
+        uint8_t *b = realloc(r->buf, cap);
+        if (!b) {
+            *at = NULL;
+            *room = 0;
+            return SL_ENOMEM;
+        }
+        r->buf = b;
+        r->cap = cap;
+    }
+    *at = r->buf + r->len;
+    *room = r->cap - r->len;
+    return 0;
+}
+
+int sl_proto_reader_next(sl_proto_reader_t *r, sl_frame_t *f, const uint8_t **raw,
+                         size_t *rawlen, char *why, size_t whylen)
+{
+    size_t used = 0;
+    int rc = sl_proto_decode(r->buf + r->off, r->len - r->off, SL_PROTO_FRAME_MAX, f, &used, why,
+                             whylen);
+    if (rc == 0) {
+        *raw = r->buf + r->off;
+        *rawlen = used;
+        r->off += used;
+    } else if (rc == SL_EAGAIN && r->off) {
+        memmove(r->buf, r->buf + r->off, r->len - r->off);
+        r->len -= r->off;
+        r->off = 0;
+    }
+    return rc;
+}
+
+void sl_proto_reader_free(sl_proto_reader_t *r)
+{
+    free(r->buf);
+    *r = (sl_proto_reader_t){0};
 }

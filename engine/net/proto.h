@@ -86,4 +86,23 @@ int sl_proto_decode(const uint8_t *buf, size_t len, size_t frame_max, sl_frame_t
 
 const char *sl_proto_type_name(sl_frame_type_t t);
 
+/* A connection's read side: bytes arrive into the free room, whole frames are taken from
+ * the front, and what is left of a partial frame moves to the start. */
+typedef struct {
+    uint8_t *buf;
+    size_t len; /* bytes held */
+    size_t cap;
+    size_t off; /* bytes already taken as frames */
+} sl_proto_reader_t;
+
+/* Free room of at least `want` bytes after what is held (for a libuv alloc callback).
+ * Returns 0, or SL_ENOMEM with *room 0. */
+int sl_proto_reader_room(sl_proto_reader_t *r, size_t want, uint8_t **at, size_t *room);
+/* The next whole frame: 0 with *f filled (f->items/items_cap set by the caller) and its
+ * bytes in raw and rawlen (valid until the next call); SL_EAGAIN when more bytes are needed
+ * (the partial frame is moved to the front then); SL_EINVAL with `why` for a bad frame. */
+int sl_proto_reader_next(sl_proto_reader_t *r, sl_frame_t *f, const uint8_t **raw,
+                         size_t *rawlen, char *why, size_t whylen);
+void sl_proto_reader_free(sl_proto_reader_t *r);
+
 #endif
