@@ -368,9 +368,15 @@ static bool drain_waits_for_acks(sl_core_t *core, const sl_node_t *target)
         acked += sl_drain__gate_open(core, n);
     }
     if (acked == alive) return false;
-    snprintf(core->drain_blocked, sizeof core->drain_blocked,
-             "waiting for nodes to acknowledge epoch %llu (%u of %u have)",
-             (unsigned long long)core->record.epoch, acked, alive);
+    if (!acked) /* D10 as much as D5: nothing could take a task now */
+        snprintf(core->drain_blocked, sizeof core->drain_blocked,
+                 "no schedulable destination: none of the %u Alive nodes has acknowledged "
+                 "epoch %llu yet",
+                 alive, (unsigned long long)core->record.epoch);
+    else
+        snprintf(core->drain_blocked, sizeof core->drain_blocked,
+                 "waiting for nodes to acknowledge epoch %llu (%u of %u have)",
+                 (unsigned long long)core->record.epoch, acked, alive);
     sl_core__wait(core, "drain of %s: %s", target->id, core->drain_blocked);
     return true;
 }
