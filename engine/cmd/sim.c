@@ -103,6 +103,9 @@ int sl_cmd_sim(int argc, char **argv)
 {
     sl_sim_config_t cfg;
     sl_sim_config_default(&cfg);
+    /* tests only: plant a double start so that the M2 checker can be seen to catch it */
+    const char *selftest = getenv("SLUICE_SIM_CHECKER_SELFTEST");
+    cfg.checker_selftest = selftest && !strcmp(selftest, "1");
     uint64_t first = 1, last = 1;
     int json = 0;
     char err[SL_ERRMSG_MAX];

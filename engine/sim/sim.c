@@ -261,6 +261,7 @@ typedef struct sim {
     int target; /* node index of --drain */
     bool placed;
     bool drain_started, drain_ended, final_checked;
+    bool selftest_planted; /* cfg.checker_selftest did its harm */
     uint64_t drain_start_ms, drain_end_ms;
     sl_drain_state_t last_target_state;
     bool target_crashed;
@@ -434,6 +435,17 @@ static void drv_start(void *ctx, sl_agent_t *agent, const sl_agent_task_t *task)
 {
     sim_t *s = ctx;
     int node = agent_node(s, agent), t = task_index(s, task->id);
+    if (s->cfg.checker_selftest && s->drain_started && !s->selftest_planted && t >= 0) {
+        /* the planted bug: a driver that also starts the task on the next live node */
+        s->selftest_planted = true;
+        for (int k = 1; k < s->n; k++) {
+            int other = (node + k - 1) % s->n + 1;
+            if (s->nodes[other].agent) {
+                drv_start(ctx, s->nodes[other].agent, task);
+                break;
+            }
+        }
+    }
     if (t >= 0) {
         owner_t *o = &s->owners[t];
         if (o->nodes & (1ull << (node - 1)))

@@ -44,6 +44,9 @@ typedef struct {
     uint64_t max_steps;      /* default 2,000,000 */
     uint64_t max_time_ms;    /* virtual; default 900,000 */
     int verbose;             /* trace the drain's milestones to `log` */
+    int checker_selftest;    /* plant a bug (the first task started after the drain starts
+                              * is also started on a second node) to show that M2 catches
+                              * it; for tests only (SLUICE_SIM_CHECKER_SELFTEST=1) */
 } sl_sim_config_t;
 
 void sl_sim_config_default(sl_sim_config_t *cfg);
