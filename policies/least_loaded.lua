@@ -12,9 +12,14 @@
 -- nodes sorted once by (score, index), then served level by level in index order, which
 -- is exactly the order a min-heap would produce, in O(tasks + nodes log nodes). A batch
 -- mixing both kinds uses one binary heap per kind, O(log nodes) per task.
+--
+-- The rule reads only each task's kind, so the host calls `place_columns` with the kind
+-- column alone (`columns = {"kind"}`) and takes the answer by position: no table per task
+-- and no id strings, which is what makes a 100,000-task plan cheap. `place` (P1) runs the
+-- very same plan over the task tables.
 
-local function limit_of(tasks, ctx)
-  local limit = #tasks
+local function limit_of(n, ctx)
+  local limit = n
   local bl = ctx and ctx.batch_limit
   if type(bl) == "number" and bl > 0 and bl < limit then limit = bl end
   return limit
@@ -32,7 +37,7 @@ end
 
 -- One kind only: serve the lowest level of nodes in index order, then merge in the nodes
 -- whose own score is the next level, and so on.
-local function water_fill(tasks, nodes, limit, kind, out)
+local function water_fill(nodes, limit, kind, dest)
   local n = #nodes
   local ids = {}
   for i = 1, n do ids[i] = nodes[i].id end
@@ -66,7 +71,7 @@ local function water_fill(tasks, nodes, limit, kind, out)
       end
       k = 1
     end
-    out[tasks[t].id] = ids[cur[k]]
+    dest[t] = ids[cur[k]]
     k = k + 1
   end
 end
@@ -102,13 +107,12 @@ local function new_heap(score)
   }
 end
 
-local function heap_place(tasks, nodes, limit, out)
+local function heap_place(kinds, nodes, limit, dest)
   local planned = {}
   for i = 1, #nodes do planned[i] = 0 end
   local heaps = {}
   for t = 1, limit do
-    local task = tasks[t]
-    local kind = task.kind == "dispatcher" and "dispatcher" or "maintainer"
+    local kind = kinds[t] == "dispatcher" and "dispatcher" or "maintainer"
     local h = heaps[kind]
     if not h then
       local score = base_scores(nodes, kind)
@@ -117,26 +121,40 @@ local function heap_place(tasks, nodes, limit, out)
       heaps[kind] = h
     end
     local best = h.top()
-    out[task.id] = nodes[best].id
+    dest[t] = nodes[best].id
     planned[best] = planned[best] + 1
     for _, hk in pairs(heaps) do hk.raise(best) end
   end
 end
 
-local function place(tasks, nodes, ctx)
-  local out = {}
-  if #nodes == 0 or #tasks == 0 then return out end
-  local limit = limit_of(tasks, ctx)
-  local kind = tasks[1].kind
+-- dest[t] = node id for tasks 1..limit, by position; kinds[t] is task t's kind.
+local function plan(n, kinds, nodes, ctx)
+  local dest = {}
+  if #nodes == 0 or n == 0 then return dest end
+  local limit = limit_of(n, ctx)
+  local kind = kinds[1]
   for t = 2, limit do
-    if tasks[t].kind ~= kind then kind = nil; break end
+    if kinds[t] ~= kind then kind = nil; break end
   end
   if kind then
-    water_fill(tasks, nodes, limit, kind, out)
+    water_fill(nodes, limit, kind, dest)
   else
-    heap_place(tasks, nodes, limit, out)
+    heap_place(kinds, nodes, limit, dest)
   end
+  return dest
+end
+
+local function place(tasks, nodes, ctx)
+  local kinds = {}
+  for t = 1, #tasks do kinds[t] = tasks[t].kind end
+  local out = {}
+  local dest = plan(#tasks, kinds, nodes, ctx)
+  for t = 1, #dest do out[tasks[t].id] = dest[t] end
   return out
+end
+
+local function place_columns(batch, nodes, ctx)
+  return plan(batch.n, batch.kind, nodes, ctx)
 end
 
 local function selftest()
@@ -181,11 +199,22 @@ local function selftest()
   if c ~= 3 then return false, "batch_limit 3 placed " .. c end
   -- no node: nothing placed, no error
   if next(place(mk(3), {}, {batch_limit = 3})) ~= nil then return false, "placed without nodes" end
+  -- the column form plans exactly what place does, by position
+  local batch, kinds = mk(7, "dispatcher"), {}
+  batch[3].kind, batch[6].kind = "maintainer", "maintainer"
+  for t = 1, #batch do kinds[t] = batch[t].kind end
+  local by_id = place(batch, mixed, {batch_limit = 5})
+  local by_pos = place_columns({n = #batch, kind = kinds}, mixed, {batch_limit = 5})
+  for t = 1, #batch do
+    if by_id[batch[t].id] ~= by_pos[t] then return false, "place_columns differs from place at task " .. t end
+  end
   return true
 end
 
 return {
   name = "least-loaded",
   place = place,
+  place_columns = place_columns,
+  columns = {"kind"},
   selftest = selftest,
 }

@@ -33,6 +33,12 @@ describe("sluice policy check", function()
     end)
   end
 
+  it("P1: least_loaded's place_columns is compared with its place", function()
+    local code, out, err = sluice("policy check policies/least_loaded.lua")
+    assert.are.equal(0, code, err)
+    assert.matches("place_columns: defined, the host calls it for every batch; place answers the same", out, 1, true)
+  end)
+
   it("P1: a sound fixture passes and its drain_order is checked", function()
     local code, out = sluice("policy check " .. FIX .. "sound.lua")
     assert.are.equal(0, code)
@@ -58,6 +64,8 @@ describe("sluice policy check", function()
     { "gc_loop.lua", FIX .. "gc_loop.lua:2: setmetatable: __gc metamethods are not allowed" },
     { "pattern.lua", "place exceeded its budget" },
     { "pwn_plain.lua", FIX .. "pwn_plain.lua:2: attempt to index a nil value (global 'io')" },
+    { "columns_disagree.lua",
+      'place and place_columns disagree on task "cf-1" (drain round): place says n1, place_columns says n4' },
   }
   for _, case in ipairs(failing) do
     it("P2/P3: " .. case[1] .. " fails with exit 1, naming the file on stderr", function()

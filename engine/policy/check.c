@@ -2,7 +2,8 @@
  *
  * Guarantees: the file is loaded through the same sandbox as in production (text only,
  * contract, selftest under the load budget), then `place` runs on a small synthetic
- * cluster and `drain_order` when defined, each under the call budget; every answer is
+ * cluster (and `place` again when the policy has `place_columns`: the two forms must
+ * agree) and `drain_order` when defined, each under the call budget; every answer is
  * checked the way the core checks it (P3). A hostile file cannot make this hang, crash,
  * touch the file system or run a command: the sandbox bounds time and memory and offers
  * no way out. The synthetic cluster: n1..n4 Alive (zone a, a, b, b) and n5 Draining, the
@@ -97,6 +98,31 @@ static void make_tasks(sl_place_task_t *tasks, char (*ids)[24])
     }
 }
 
+/* A policy with place_columns is placed through it; its `place` must say the same.
+ * `nodes` holds the column answer, copied (a second call ends the first one's strings). */
+static void compare_forms(sl_policy_t *p, const sl_place_task_t *tasks, size_t ntasks,
+                          const sl_place_ctx_t *ctx, const char *const *nodes, text_t *errs)
+{
+    sl_decision_t tbl[CHECK_TASKS];
+    sl_place_report_t rep;
+    memset(&rep, 0, sizeof rep);
+    if (sl_policy_lua_place_tables(p, tasks, ntasks, check_nodes, CHECK_NODES, ctx, tbl,
+                                   &rep) != 0) {
+        problem_raw(errs, rep.message[0] ? rep.message : "place failed");
+        return;
+    }
+    for (size_t i = 0; i < ntasks; i++) {
+        const char *t = tbl[i].node != NULL ? tbl[i].node : "wait";
+        const char *c = nodes[i] != NULL ? nodes[i] : "wait";
+        if (strcmp(t, c) != 0) {
+            problem(errs, p, "place and place_columns disagree on task \"%s\" (%s round): "
+                    "place says %s, place_columns says %s", tasks[i].id,
+                    ctx->reason == SL_REASON_DRAIN ? "drain" : "basic", t, c);
+            return;
+        }
+    }
+}
+
 /* Checks one place round; returns how many tasks were placed. */
 static size_t check_round(sl_policy_t *p, const sl_place_task_t *tasks, size_t ntasks,
                           const sl_place_ctx_t *ctx, unsigned *per_node, text_t *errs)
@@ -110,24 +136,33 @@ static size_t check_round(sl_policy_t *p, const sl_place_task_t *tasks, size_t n
     }
     if (rep.unasked > 0)
         problem_raw(errs, rep.message);
+    char copies[CHECK_TASKS][SL_ID_MAX];
+    const char *node_of[CHECK_TASKS];
+    for (size_t i = 0; i < ntasks; i++) {
+        if (out[i].error != NULL)
+            problem(errs, p, "%s", out[i].error);
+        node_of[i] = NULL;
+        if (out[i].node != NULL) {
+            snprintf(copies[i], sizeof copies[i], "%s", out[i].node);
+            node_of[i] = copies[i];
+        }
+    }
+    if (sl_policy_lua_has_columns(p))
+        compare_forms(p, tasks, ntasks, ctx, node_of, errs);
     size_t placed = 0;
     for (size_t i = 0; i < ntasks; i++) {
-        if (out[i].error != NULL) {
-            problem(errs, p, "%s", out[i].error);
-            continue;
-        }
-        if (out[i].node == NULL)
+        if (node_of[i] == NULL)
             continue;
         size_t n = 0;
-        while (n < CHECK_NODES && strcmp(check_nodes[n].id, out[i].node) != 0)
+        while (n < CHECK_NODES && strcmp(check_nodes[n].id, node_of[i]) != 0)
             n++;
         if (n == CHECK_NODES) {
-            if (strcmp(out[i].node, "n5") == 0)
+            if (strcmp(node_of[i], "n5") == 0)
                 problem(errs, p, "place put task \"%s\" on n5 which is Draining (%s round)",
                         tasks[i].id, ctx->reason == SL_REASON_DRAIN ? "drain" : "basic");
             else
                 problem(errs, p, "place put task \"%s\" on unknown node \"%s\"", tasks[i].id,
-                        out[i].node);
+                        node_of[i]);
             continue;
         }
         per_node[n]++;
@@ -188,6 +223,10 @@ int sl_policy_check_file(const char *path, const sl_policy_limits_t *lim, char *
         text_add(&sum, "  warning: place left every task waiting in both rounds although 4 nodes "
                        "were schedulable; live, this policy would place nothing (the built-in "
                        "policy decides only refused tasks, not waiting ones)\n");
+
+    if (sl_policy_lua_has_columns(p) && errs.problems == 0)
+        text_add(&sum, "  place_columns: defined, the host calls it for every batch; place "
+                       "answers the same in both rounds\n");
 
     if (p->ops->drain_order != NULL) {
         sl_place_task_t moving[CHECK_TASKS];

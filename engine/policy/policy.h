@@ -116,6 +116,17 @@ int sl_policy_lua_load_string(const char *source, size_t len, const char *chunkn
 
 void sl_policy_free(sl_policy_t *p);
 
+/* A Lua policy may define `place_columns(batch, nodes, ctx)` next to `place`: the same
+ * batch as one array per field (only the fields named in its `columns`), answered by
+ * position. The host then calls it for every batch instead of `place` (B1: no table per
+ * task). has_columns says whether it does; place_tables calls `place` all the same, so
+ * `policy check` can compare the two forms. Any other policy: 0 / its own place. */
+int sl_policy_lua_has_columns(const sl_policy_t *p);
+int sl_policy_lua_place_tables(sl_policy_t *p, const sl_place_task_t *tasks, size_t ntasks,
+                               const sl_place_node_t *nodes, size_t nnodes,
+                               const sl_place_ctx_t *ctx, sl_decision_t *out,
+                               sl_place_report_t *report);
+
 /* `sluice policy check FILE` (SPEC §4), shared by the binary and the Lua module: loads
  * FILE through the sandbox (contract, selftest), runs `place` on a small synthetic
  * cluster (and `drain_order` when defined) and checks every answer: nodes that are
