@@ -378,3 +378,35 @@ describe("D4 recovery announces the stored record", function()
     assert.are.same({ "drain", "n2", "n1", 1 }, { told[1].type, told[1].node, told[1].target, told[1].epoch })
   end)
 end)
+
+describe("D11 the status is keyed by the core's version", function()
+  -- The coordinator serves GET …/drain again while version and millisecond stay the same
+  -- (B5); that is only right if every event moves the version and no read does.
+  it("D11: every event moves the version; reads leave it", function()
+    local c, cl = setup({ "n1", "n2" }, 4)
+    local v = c:version()
+    c:drain_status("n1", cl.now); c:nodes(); c:task("cf-01"); c:stats(); c:drain_plan("n1")
+    c:operators(); c:liveness("n1"); c:refusals(); c:check()
+    assert.are.equal(v, c:version())
+    local events = {
+      function() assert(c:drain_start("n1", cl.now)) end,
+      function() c:heartbeat("n2", c:stats().epoch, cl.now) end,
+      function() c:changefeed_report("cf-01", c:stats().epoch, 0, {}, cl.now) end,
+      function() c:report("n2", "cf-01", "working", cl.now) end,
+      function() c:tick(cl.now + 1) end,
+      function() c:label("n2", "zone", "a") end,
+      function() c:add_task("cf-99") end,
+      function() c:remove_task("cf-99") end,
+      function() c:drain_cancel("n1", cl.now + 2) end,
+      function() c:join("n3") end,
+      function() c:cas("n3", "alive", "stopping") end,
+      function() c:leave("n3") end,
+      function() c:set_policy(nil) end,
+    }
+    for i, event in ipairs(events) do
+      local before = c:version()
+      event()
+      assert.is_true(c:version() > before, "event " .. i .. " left the version")
+    end
+  end)
+end)

@@ -158,8 +158,14 @@ void sl_core_free(sl_core_t *core)
     free(core);
 }
 
+uint64_t sl_core_version(const sl_core_t *core)
+{
+    return atomic_load_explicit(&core->version, memory_order_relaxed);
+}
+
 void sl_core_set_policy(sl_core_t *core, sl_policy_t *policy)
 {
+    sl_core__changed(core);
     core->policy = policy;
     core->drain_order_dirty = true; /* a new policy may order the rest of a drain anew */
 }
@@ -327,6 +333,7 @@ void sl_core__wait(sl_core_t *core, const char *fmt, ...)
 
 int sl_core_node_join(sl_core_t *core, const char *id, const char *addr)
 {
+    sl_core__changed(core);
     if (!valid_id(id)) return SL_EINVAL;
     if (sl_map_get(&core->node_map, id) >= 0) return SL_EEXIST;
     int32_t slot = sl_slots_take((void **)&core->nodes, &core->nodes_cap, sizeof *core->nodes, 16,
@@ -374,6 +381,7 @@ void sl_core__drain_clear(sl_core_t *core)
 
 int sl_core_node_leave(sl_core_t *core, const char *id)
 {
+    sl_core__changed(core);
     int32_t slot;
     sl_node_t *n = sl_core__node(core, id, &slot);
     if (!n) return SL_ENOENT;
@@ -406,6 +414,7 @@ int sl_core_node_leave(sl_core_t *core, const char *id)
 
 int sl_core_node_set_label(sl_core_t *core, const char *id, const char *key, const char *value)
 {
+    sl_core__changed(core);
     sl_node_t *n = sl_core__node(core, id, NULL);
     if (!n) return SL_ENOENT;
     if (!key || !value) return SL_EINVAL;
@@ -442,6 +451,7 @@ int sl_core_liveness(sl_core_t *core, const char *id, sl_liveness_t *out)
 int sl_core_liveness_cas(sl_core_t *core, const char *id, sl_liveness_t expected,
                          sl_liveness_t desired)
 {
+    sl_core__changed(core);
     int32_t slot;
     sl_node_t *n = sl_core__node(core, id, &slot);
     if (!n) return SL_ENOENT;
@@ -461,6 +471,7 @@ int sl_core_liveness_cas(sl_core_t *core, const char *id, sl_liveness_t expected
 
 int sl_core_drain_mark(sl_core_t *core, const char *id)
 {
+    sl_core__changed(core);
     int32_t slot;
     sl_node_t *n = sl_core__node(core, id, &slot);
     if (!n) return SL_ENOENT;
@@ -479,6 +490,7 @@ int sl_core_drain_mark(sl_core_t *core, const char *id)
 
 int sl_core_drain_unmark(sl_core_t *core, const char *id)
 {
+    sl_core__changed(core);
     int32_t slot;
     sl_node_t *n = sl_core__node(core, id, &slot);
     if (!n) return SL_ENOENT;
@@ -527,6 +539,7 @@ static int32_t intern_changefeed(sl_core_t *core, const char *cf)
 int sl_core_task_add(sl_core_t *core, const char *id, sl_task_kind_t kind, const char *changefeed,
                      uint32_t weight)
 {
+    sl_core__changed(core);
     if (!valid_id(id) || (kind != SL_TASK_MAINTAINER && kind != SL_TASK_DISPATCHER))
         return SL_EINVAL;
     if (!changefeed) changefeed = id;
@@ -564,6 +577,7 @@ int sl_core_task_add(sl_core_t *core, const char *id, sl_task_kind_t kind, const
 
 int sl_core_task_remove(sl_core_t *core, const char *id)
 {
+    sl_core__changed(core);
     int32_t t = sl_map_get(&core->task_map, id ? id : "");
     if (t < 0) return SL_ENOENT;
     sl_task_t *task = &core->tasks[t];
@@ -582,6 +596,7 @@ int sl_core_task_remove(sl_core_t *core, const char *id)
 int sl_core_report(sl_core_t *core, const char *node, const char *task, sl_report_t state,
                    uint64_t now_ms)
 {
+    sl_core__changed(core);
     if (state != SL_REPORT_WORKING && state != SL_REPORT_STOPPED) return SL_EINVAL;
     int32_t n;
     if (!sl_core__node(core, node, &n)) return SL_ENOENT;
@@ -596,6 +611,7 @@ int sl_core_report(sl_core_t *core, const char *node, const char *task, sl_repor
 
 int sl_core_tick(sl_core_t *core, uint64_t now_ms)
 {
+    sl_core__changed(core);
     if (now_ms > core->now_ms) core->now_ms = now_ms;
     sl_drain__tick(core);
     sl_op__timeouts(core);

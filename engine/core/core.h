@@ -120,6 +120,10 @@ typedef struct {
 /* D11 for node `id` (which may have left, for a lost drain). SL_ENOENT when the node is
  * unknown and has no drain record. */
 int sl_core_drain_status(sl_core_t *core, const char *id, uint64_t now_ms, sl_drain_status_t *out);
+/* A number that changes whenever an event may have changed anything the core reports
+ * (every entry point but the read-only ones). With now_ms it keys a cached answer: the
+ * same version and millisecond give the same D11 status. */
+uint64_t sl_core_version(const sl_core_t *core);
 /* D11 remaining_dispatchers_by_changefeed of the current drain; i < the count. */
 size_t sl_core_drain_remaining_count(sl_core_t *core);
 int sl_core_drain_remaining_at(sl_core_t *core, size_t i, const char **changefeed, uint32_t *n);

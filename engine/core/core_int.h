@@ -181,6 +181,7 @@ struct sl_core {
     char *refusals[SL_REFUSAL_KEEP]; /* ring */
     size_t refusal_first, refusal_len;
     sl_core_stats_t stats;
+    atomic_uint_fast64_t version; /* grows with every event; see sl_core_version() */
 
     /* scratch of one scheduling call, reused to stay allocation-free when idle */
     sl_place_task_t *scratch_tasks;
@@ -193,6 +194,13 @@ struct sl_core {
     int32_t *view_index; /* node slot → view index or SL_NONE */
     size_t view_len, view_cap;
 };
+
+/* Every public entry point that can change what the core reports calls this first. Atomic
+ * because liveness may be CAS'ed from another thread (L1). */
+static inline void sl_core__changed(sl_core_t *core)
+{
+    atomic_fetch_add_explicit(&core->version, 1, memory_order_relaxed);
+}
 
 /* core.c */
 sl_node_t *sl_core__node(sl_core_t *core, const char *id, int32_t *slot);

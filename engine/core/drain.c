@@ -91,6 +91,7 @@ static void counts_of(const sl_node_t *n, sl_drain_counts_t *out)
 
 int sl_core_drain_start(sl_core_t *core, const char *id, uint64_t now_ms, sl_drain_counts_t *out)
 {
+    sl_core__changed(core);
     sl_drain_counts_t scratch;
     if (!out) out = &scratch;
     memset(out, 0, sizeof *out);
@@ -165,6 +166,7 @@ int sl_core_drain_start(sl_core_t *core, const char *id, uint64_t now_ms, sl_dra
 
 int sl_core_drain_cancel(sl_core_t *core, const char *id, uint64_t now_ms)
 {
+    sl_core__changed(core);
     if (now_ms > core->now_ms) core->now_ms = now_ms;
     if (core->bootstrapping) return SL_ENOTREADY;
     int32_t slot;
@@ -226,6 +228,7 @@ void sl_drain__after_round(sl_core_t *core)
 
 int sl_core_heartbeat(sl_core_t *core, const char *node, uint64_t acked_epoch, uint64_t now_ms)
 {
+    sl_core__changed(core);
     if (now_ms > core->now_ms) core->now_ms = now_ms;
     sl_node_t *n = sl_core__node(core, node, NULL);
     if (!n) return SL_ENOENT;
@@ -258,6 +261,7 @@ int sl_core_changefeed_report(sl_core_t *core, const char *changefeed, uint64_t 
                               uint32_t remaining_on_target, const sl_node_count_t *by_node,
                               size_t n, uint64_t now_ms)
 {
+    sl_core__changed(core);
     if (now_ms > core->now_ms) core->now_ms = now_ms;
     int32_t c = sl_map_get(&core->changefeed_map, changefeed ? changefeed : "");
     if (c < 0) return SL_ENOENT;
@@ -409,6 +413,7 @@ void sl_drain__tick(sl_core_t *core)
 
 void sl_core_set_store(sl_core_t *core, sl_store_t *store)
 {
+    sl_core__changed(core);
     core->store = store;
 }
 
@@ -426,6 +431,7 @@ static int collect_stopping(void *arg, const char *node, int liveness)
 
 int sl_core_recover(sl_core_t *core, uint64_t now_ms)
 {
+    sl_core__changed(core);
     if (!core->store) return SL_EINVAL;
     if (now_ms > core->now_ms) core->now_ms = now_ms;
     sl_drain_record_t rec = {0};

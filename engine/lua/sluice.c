@@ -630,6 +630,12 @@ static int l_bootstrapping(lua_State *L)
     return 1;
 }
 
+static int l_version(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)sl_core_version(check_core(L)));
+    return 1;
+}
+
 /* c:set_policy(p or nil): the core borrows the policy; the userdata keeps it alive by
  * holding it as its user value. */
 static int l_set_policy(lua_State *L)
@@ -680,6 +686,7 @@ static const luaL_Reg core_methods[] = {
     {"set_store", l_set_store},
     {"recover", l_recover},
     {"bootstrapping", l_bootstrapping},
+    {"version", l_version},
     {NULL, NULL},
 };
 

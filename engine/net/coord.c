@@ -105,6 +105,15 @@ struct sl_coord {
     uint64_t log_blocked_since;
     int log_blocked_said;
 
+    /* B5: the last GET …/drain body, for one node, the core's version and the millisecond
+     * it was built at; the same three give the same body (sl_core_version) */
+    struct {
+        char id[SL_ID_MAX];
+        uint64_t version, now;
+        char *body;
+        size_t len;
+    } drain_body;
+
     int open_handles; /* closed handles still to be called back */
     int closing;
 };
@@ -159,6 +168,7 @@ static void coord_release(sl_coord_t *c)
 {
     if (--c->open_handles > 0 || !c->closing) return;
     free(c->items);
+    free(c->drain_body.body);
     free(c->cfs);
     free(c->peers);
     free(c->listen);
@@ -988,16 +998,40 @@ static void h_drain_delete(void *arg, const sl_http_request_t *req, sl_http_resp
     after_event(c);
 }
 
+/* Clients poll this route (the CLI's --watch, dashboards, B5), so the body is kept and
+ * served again while the core's version and the clock's millisecond stay the same. */
 static void h_drain_get(void *arg, const sl_http_request_t *req, sl_http_response_t *res)
 {
     sl_coord_t *c = arg_coord(arg);
     const char *id = sl_http_param(req, "capture_id");
+    uint64_t now = now_ms(c), version = sl_core_version(c->core);
+    if (c->drain_body.body && c->drain_body.version == version && c->drain_body.now == now &&
+        strcmp(c->drain_body.id, id) == 0) {
+        sl_http_respond_raw(res, 200, "application/json", c->drain_body.body, c->drain_body.len);
+        return;
+    }
     sl_drain_status_t s;
-    int rc = sl_core_drain_status(c->core, id, now_ms(c), &s);
+    int rc = sl_core_drain_status(c->core, id, now, &s);
     /* a node that has not reconnected yet after a restart may still come back (D4) */
     if (rc == SL_ENOENT && sl_core_bootstrapping(c->core)) rc = SL_ENOTREADY;
-    if (rc) respond_core_error(res, rc, id);
-    else sl_http_respond_json(res, 200, drain_status_json(c, id, &s));
+    if (rc) {
+        respond_core_error(res, rc, id);
+        return;
+    }
+    json_t *o = drain_status_json(c, id, &s);
+    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!body) {
+        sl_http_respond_error(res, 500, "INTERNAL", "out of memory");
+        return;
+    }
+    free(c->drain_body.body);
+    c->drain_body.body = body;
+    c->drain_body.len = strlen(body);
+    c->drain_body.version = version;
+    c->drain_body.now = now;
+    snprintf(c->drain_body.id, sizeof c->drain_body.id, "%s", id);
+    sl_http_respond_raw(res, 200, "application/json", body, c->drain_body.len);
 }
 
 static void h_drain_plan(void *arg, const sl_http_request_t *req, sl_http_response_t *res)
@@ -1648,6 +1682,7 @@ fail_early:
         return rc ? rc : SL_EINVAL;
     }
     free(c->items);
+    free(c->drain_body.body);
     free(c->cfs);
     free(c->listen);
     free(c->node_listen);
