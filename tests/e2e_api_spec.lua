@@ -103,6 +103,28 @@ describe("e2e API", function()
     assert.are.equal("completed", s.state)
   end)
 
+  it("D4: a second coordinator on the same data directory is refused, naming the first", function()
+    if skip_without_curl() then return end
+    h = D.new({})
+    local first = h:serve()
+    local bin = os.getenv("SLUICE_BIN") or "build/sluice"
+    local out = h.dir .. "/second.err"
+    local ok, how, code = os.execute(("timeout 10 %s serve --listen 127.0.0.1:0 --node-listen 127.0.0.1:0 " ..
+      "--data '%s' --policy-dir policies --token-file '%s' 2>'%s' </dev/null >/dev/null"):format(
+      bin, h.data, h.token_file, out))
+    assert.is_nil(ok)
+    assert.are.equal("exit", how)
+    assert.are.equal(1, code)
+    assert.matches("data directory " .. h.data:gsub("%p", "%%%0") .. " is in use by another coordinator %(pid " ..
+                   first .. "%)", D.read(out))
+    healthy(h) -- the first one did not notice
+    -- once it is gone, even by SIGKILL, the directory is free again
+    h:kill(first, "KILL")
+    assert.is_true(h:reap(first))
+    h:serve()
+    healthy(h)
+  end)
+
   it("D4: a restarted coordinator answers NOT_READY while it bootstraps", function()
     if skip_without_curl() then return end
     h = D.new({ serve_flags = "--bootstrap-ms 3000" })

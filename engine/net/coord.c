@@ -8,14 +8,17 @@
  * (proto.h); a connection that lies about a length, sends garbage, skips the handshake or
  * stops reading is closed, never waited for. */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../core/core.h"
 #include "../policy/policy.h"
@@ -69,6 +72,7 @@ struct sl_coord {
     sl_coord_config_t cfg;
     char *listen, *node_listen, *data_dir, *policy_dir, *policy_file, *token;
     char db_path[1024];
+    int lock_fd; /* <data>/LOCK, flock'ed while this coordinator owns the directory */
 
     sl_core_t *core;
     sl_store_t *store;
@@ -167,6 +171,7 @@ static void iso_time(uint64_t ms, char *out, size_t len)
 static void coord_release(sl_coord_t *c)
 {
     if (--c->open_handles > 0 || !c->closing) return;
+    if (c->lock_fd >= 0) close(c->lock_fd);
     free(c->items);
     free(c->drain_body.body);
     free(c->cfs);
@@ -1497,6 +1502,46 @@ static int parse_listen(const char *addr, struct sockaddr_storage *ss)
     return SL_EINVAL;
 }
 
+/* One coordinator per data directory: two would both write the drain record and the
+ * liveness (SQLite would let them). The lock is an flock on <data>/LOCK, released by the
+ * kernel when the process ends however it ends; the file holds the owner's pid. */
+static int lock_data_dir(sl_coord_t *c, char *err, size_t errlen)
+{
+    char path[1100];
+    snprintf(path, sizeof path, "%s/LOCK", c->data_dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        snprintf(err, errlen, "data directory %s: cannot open %s: %s", c->data_dir, path,
+                 strerror(errno));
+        return SL_EIO;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char pid[24] = "";
+        ssize_t n = read(fd, pid, sizeof pid - 1);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        close(fd);
+        if (e == EWOULDBLOCK) {
+            char who[48] = "";
+            if (pid[0]) snprintf(who, sizeof who, " (pid %s)", pid);
+            snprintf(err, errlen, "data directory %s is in use by another coordinator%s; stop "
+                     "it first, or give another --data", c->data_dir, who);
+            return SL_EBUSY;
+        }
+        snprintf(err, errlen, "data directory %s: cannot lock %s: %s", c->data_dir, path,
+                 strerror(e));
+        return SL_EIO;
+    }
+    char pid[24];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    /* the pid is only for the message above: the lock holds even if it cannot be written */
+    if (ftruncate(fd, 0) == 0 && pwrite(fd, pid, (size_t)n, 0) != n)
+        sl_log(SL_LOG_WARN, "cannot write the pid into the data directory's LOCK", "path", path, NULL);
+    c->lock_fd = fd;
+    return 0;
+}
+
 int sl_coord_start(uv_loop_t *loop, const sl_coord_config_t *cfg, sl_coord_t **out, char *err,
                    size_t errlen)
 {
@@ -1512,6 +1557,7 @@ int sl_coord_start(uv_loop_t *loop, const sl_coord_config_t *cfg, sl_coord_t **o
     }
     sl_coord_t *c = calloc(1, sizeof *c);
     if (!c) return SL_ENOMEM;
+    c->lock_fd = -1;
     c->loop = loop;
     c->cfg = *cfg;
     c->listen = dupstr(cfg->listen);
@@ -1534,6 +1580,7 @@ int sl_coord_start(uv_loop_t *loop, const sl_coord_config_t *cfg, sl_coord_t **o
         rc = SL_EIO;
         goto fail_early;
     }
+    if ((rc = lock_data_dir(c, err, errlen)) != 0) goto fail_early;
     snprintf(c->db_path, sizeof c->db_path, "%s/sluice.db", c->data_dir);
     if ((rc = sl_store_sqlite_open(c->db_path, &c->store, err, errlen)) != 0) goto fail_early;
 
@@ -1681,6 +1728,7 @@ fail_early:
         c->closing = 1;
         return rc ? rc : SL_EINVAL;
     }
+    if (c->lock_fd >= 0) close(c->lock_fd);
     free(c->items);
     free(c->drain_body.body);
     free(c->cfs);
