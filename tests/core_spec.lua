@@ -480,6 +480,48 @@ describe("S schedulers", function()
     ok_check(c)
   end)
 
+  it("S3: balance evens each kind on its own and never swings back (D7 moves a trigger along)", function()
+    -- maintainers 0/2/2 with the dispatchers their maintainers report 4/6/2: on the total
+    -- count n2 (8) is over the fair 6+1, and moving its two maintainers — each carrying its
+    -- trigger dispatcher — made n1 the 8 the next round, for ever. By kind, 0/2/2 is even.
+    local c, cl = core_with({ "n1", "n2", "n3" }, 0, { balance_interval_ms = 100 })
+    for i = 1, 4 do assert(c:add_task(("cf-%02d"):format(i), "maintainer")) end
+    cl:tick(0); cl:settle()
+    local where = {}
+    for i = 1, 4 do where[i] = c:task(("cf-%02d"):format(i)).node end
+    local on = { n1 = 0, n2 = 0, n3 = 0 }
+    for _, n in ipairs(where) do on[n] = on[n] + 1 end
+    assert.are.same({ n1 = 2, n2 = 1, n3 = 1 }, on)
+    local epoch = c:stats().epoch
+    assert(c:changefeed_report("cf-01", epoch, 0, { n1 = 1, n3 = 1 }, cl.now))
+    assert(c:changefeed_report("cf-02", epoch, 0, { n2 = 1, n3 = 1 }, cl.now))
+    assert(c:changefeed_report("cf-03", epoch, 0, { n3 = 3 }, cl.now))
+    assert(c:changefeed_report("cf-04", epoch, 0, { n1 = 1, n3 = 2 }, cl.now))
+    local moves = 0
+    for _ = 1, 30 do
+      cl:tick(100)
+      cl:settle(function(m) if m.type == "start" then moves = moves + 1 end end)
+    end
+    assert.are.equal(0, moves)
+    for i = 1, 4 do assert.are.equal(where[i], c:task(("cf-%02d"):format(i)).node) end
+    ok_check(c)
+  end)
+
+  it("S3: balance converges: the moves it keeps leave no destination above its origin", function()
+    local c, cl = core_with({ "n1" }, 7, { balance_interval_ms = 100, max_operators = 64 })
+    cl:tick(0); cl:settle()
+    assert(c:join("n2"))
+    local moves = 0
+    for _ = 1, 40 do
+      cl:tick(100)
+      cl:settle(function(m) if m.type == "start" then moves = moves + 1 end end)
+    end
+    local p = cl:placement()
+    assert.are.same({ 4, 3 }, { math.max(p.n1, p.n2), math.min(p.n1, p.n2) })
+    assert.are.equal(3, moves) -- 7/0 → 4/3 in three moves, then nothing
+    ok_check(c)
+  end)
+
   it("S3: balance never moves a task onto a non-schedulable node", function()
     local c, cl = core_with({ "n1" }, 9, { balance_interval_ms = 1 })
     cl:tick(0); cl:settle()

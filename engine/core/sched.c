@@ -74,11 +74,6 @@ size_t sl_sched__build_view(sl_core_t *core)
     return core->view_len;
 }
 
-static uint32_t view_load(const sl_place_node_t *v)
-{
-    return v->maintainers + v->dispatchers + v->inflight;
-}
-
 void sl_sched__add_candidate(sl_core_t *core, size_t i, int32_t t)
 {
     sl_task_t *task = &core->tasks[t];
@@ -111,13 +106,7 @@ static int act(sl_core_t *core, sl_reason_t reason, int32_t t, int32_t dest)
     if (dest == task->node) return 0; /* staying put is leaving it out */
     if (reason == SL_REASON_DRAIN && sl_op__drain_in_progress(core) >= core->cfg.drain_batch_size)
         return 0;
-    if (reason == SL_REASON_BALANCE) {
-        int32_t src = core->view_index[task->node];
-        /* the destination's load already counts this task (decide planned it) */
-        if (src == SL_NONE ||
-            view_load(&core->view[core->view_index[dest]]) >= view_load(&core->view[src]))
-            return 0; /* a move that does not even out load is not balance */
-    }
+    /* balance moves were checked to even out load before they got here (balance_kind) */
     return sl_op__create(core, SL_OP_MOVE, reason, t, task->node, dest) == 0;
 }
 
@@ -424,6 +413,56 @@ static void drain(sl_core_t *core)
     if (n) place_batch(core, SL_REASON_DRAIN, n);
 }
 
+/* S3 load of a node for one kind: tasks of that kind bound there, plus operators on their
+ * way in, minus those on their way out (operators are not kept by kind; a core moves one
+ * kind in practice: maintainers at the coordinator, dispatchers in a maintainer). */
+static int64_t kind_load(const sl_node_t *n, int kind)
+{
+    return (int64_t)n->count[kind] + n->ops_to - n->ops_from;
+}
+
+/* S3, one kind: candidates from nodes above ceil(average) + tolerance, placed by the
+ * policy; a decided move is kept only if the destination stays below the origin (loads
+ * projected as moves are kept), so balance converges instead of swinging back. Each kind
+ * is evened on its own — what least-loaded policies place by — because a maintainer's
+ * move also carries its trigger dispatcher (D7): on a mixed count, moving two maintainers
+ * from an 8 to a 4 gives 4 and 8, and the next round moves them back. */
+static void balance_kind(sl_core_t *core, int kind, size_t nv, uint32_t room, int64_t *proj)
+{
+    int64_t total = 0;
+    for (size_t k = 0; k < nv; k++) total += kind_load(&core->nodes[core->view_slot[k]], kind);
+    if (total <= 0) return;
+    int64_t fair = (total + (int64_t)nv - 1) / (int64_t)nv;
+    size_t n = 0;
+    for (size_t k = 0; k < nv && n < room; k++) {
+        sl_node_t *node = &core->nodes[core->view_slot[k]];
+        int64_t load = kind_load(node, kind);
+        if (load <= fair + (int64_t)core->cfg.balance_tolerance) continue;
+        int64_t surplus = load - fair;
+        for (int32_t t = node->head; t != SL_NONE && surplus > 0 && n < room; t = core->tasks[t].next) {
+            sl_task_t *task = &core->tasks[t];
+            if (task->kind != kind || task->op != SL_NONE || task->state != SL_TASK_WORKING ||
+                task->remove_pending)
+                continue;
+            sl_sched__add_candidate(core, n++, t);
+            surplus--;
+        }
+    }
+    if (!n) return;
+    sl_sched__decide(core, SL_REASON_BALANCE, n, false);
+    for (size_t k = 0; k < nv; k++)
+        proj[k] = kind_load(&core->nodes[core->view_slot[k]], kind);
+    for (size_t i = 0; i < n; i++) {
+        int32_t t = core->scratch_task_slots[i], dest = core->scratch_dest[i];
+        if (dest == SL_NONE || dest == core->tasks[t].node) continue;
+        int32_t o = core->view_index[core->tasks[t].node], d = core->view_index[dest];
+        if (o == SL_NONE || d == SL_NONE || proj[d] + 2 > proj[o]) continue;
+        proj[o]--;
+        proj[d]++;
+        act(core, SL_REASON_BALANCE, t, dest);
+    }
+}
+
 static void balance(sl_core_t *core)
 {
     if (core->drain_target != SL_NONE) return; /* S3: paused during a drain */
@@ -436,25 +475,13 @@ static void balance(sl_core_t *core)
     uint32_t room = sl_op__capacity(core);
     size_t nv = sl_sched__build_view(core);
     if (!room || nv < 2) return; /* S3: nothing to even out with fewer than two nodes */
-    uint64_t total = 0;
-    for (size_t k = 0; k < nv; k++) total += view_load(&core->view[k]);
-    uint64_t fair = (total + nv - 1) / nv;
     if (sl_sched__ensure_scratch(core, room)) return;
-    size_t n = 0;
-    for (size_t k = 0; k < nv && n < room; k++) {
-        uint32_t load = view_load(&core->view[k]);
-        if (load <= fair + core->cfg.balance_tolerance) continue;
-        uint32_t surplus = load - (uint32_t)fair;
-        sl_node_t *node = &core->nodes[core->view_slot[k]];
-        for (int32_t t = node->head; t != SL_NONE && surplus && n < room; t = core->tasks[t].next) {
-            sl_task_t *task = &core->tasks[t];
-            if (task->op != SL_NONE || task->state != SL_TASK_WORKING || task->remove_pending)
-                continue;
-            sl_sched__add_candidate(core, n++, t);
-            surplus--;
-        }
-    }
-    if (n) place_batch(core, SL_REASON_BALANCE, n);
+    int64_t *proj = malloc(nv * sizeof *proj);
+    if (!proj) return;
+    balance_kind(core, SL_TASK_MAINTAINER, nv, room, proj);
+    room = sl_op__capacity(core);
+    if (room && sl_sched__build_view(core) == nv) balance_kind(core, SL_TASK_DISPATCHER, nv, room, proj);
+    free(proj);
 }
 
 void sl_sched__round(sl_core_t *core)
