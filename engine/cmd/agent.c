@@ -4,7 +4,9 @@
  *
  * Connects to the coordinator's node listener, runs the node's maintainers and
  * dispatchers through a timer driver, and reconnects with backoff when the coordinator
- * goes away. SIGINT/SIGTERM end it. */
+ * goes away. SIGINT/SIGTERM shut it down gracefully (L1): the coordinator drains the node
+ * first, and the process ends once nothing runs here (or after --shutdown-timeout-ms); a
+ * second signal ends it at once. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +25,8 @@ static void usage(FILE *to)
           "  options: --addr A (advertised)  --state-file F (JSON of what runs here)\n"
           "           --task-latency-ms N (timer driver; 50)  --heartbeat-ms N (1000)\n"
           "           --policy FILE (maintainers' placement)  --die-with-parent\n"
+          "           --shutdown-timeout-ms N (on SIGTERM/SIGINT, wait up to N ms for the\n"
+          "             coordinator to drain this node before exiting; 60000; 0: exit at once)\n"
           "           --log-level debug|info|warn|error\n",
           to);
 }
@@ -30,16 +34,42 @@ static void usage(FILE *to)
 typedef struct {
     uv_signal_t sigint, sigterm;
     sl_node_t *node;
+    uint64_t shutdown_timeout_ms;
+    int leaving;
 } agent_proc_t;
 
-static void on_signal(uv_signal_t *h, int signum)
+static void stop(agent_proc_t *p)
 {
-    agent_proc_t *p = h->data;
-    sl_log(SL_LOG_INFO, "signal received: stopping", "signal", signum == SIGINT ? "INT" : "TERM", NULL);
+    if (!p->node) return;
     sl_node_close(p->node);
     p->node = NULL;
     uv_close((uv_handle_t *)&p->sigint, NULL);
     uv_close((uv_handle_t *)&p->sigterm, NULL);
+}
+
+static void on_left(void *arg, const char *why)
+{
+    agent_proc_t *p = arg;
+    sl_log(SL_LOG_INFO, "graceful shutdown ended: stopping", "outcome", why, NULL);
+    stop(p);
+}
+
+/* The first signal asks the coordinator to drain this node, the second stops at once. */
+static void on_signal(uv_signal_t *h, int signum)
+{
+    agent_proc_t *p = h->data;
+    const char *sig = signum == SIGINT ? "SIGINT" : "SIGTERM";
+    if (p->leaving || !p->shutdown_timeout_ms) {
+        sl_log(SL_LOG_INFO, "signal received: stopping now", "signal", sig, NULL);
+        stop(p);
+        return;
+    }
+    p->leaving = 1;
+    char ms[32];
+    snprintf(ms, sizeof ms, "%llu", (unsigned long long)p->shutdown_timeout_ms);
+    sl_log(SL_LOG_INFO, "signal received: draining this node before stopping (again to stop now)",
+           "signal", sig, "timeout_ms", ms, NULL);
+    sl_node_leave(p->node, sig, p->shutdown_timeout_ms, on_left, p);
 }
 
 int sl_cmd_agent(int argc, char **argv)
@@ -47,6 +77,7 @@ int sl_cmd_agent(int argc, char **argv)
     sl_node_config_t cfg;
     sl_node_config_default(&cfg);
     const char *token_file = NULL;
+    uint64_t shutdown_timeout_ms = 60000;
     int die_with_parent = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -83,6 +114,7 @@ int sl_cmd_agent(int argc, char **argv)
             return 2;
         } else if (!strcmp(a, "--task-latency-ms")) cfg.task_latency_ms = n;
         else if (!strcmp(a, "--heartbeat-ms")) cfg.heartbeat_interval_ms = n;
+        else if (!strcmp(a, "--shutdown-timeout-ms")) shutdown_timeout_ms = n;
         else {
             fprintf(stderr, "sluice agent: unknown option %s\n", a);
             usage(stderr);
@@ -106,7 +138,7 @@ int sl_cmd_agent(int argc, char **argv)
     sl_log_set_prefix(prefix);
     signal(SIGPIPE, SIG_IGN);
     uv_loop_t *loop = uv_default_loop();
-    agent_proc_t p = {0};
+    agent_proc_t p = {.shutdown_timeout_ms = shutdown_timeout_ms};
     if (sl_node_start(loop, &cfg, &p.node, err, sizeof err)) {
         fprintf(stderr, "sluice agent: %s\n", err);
         return 1;

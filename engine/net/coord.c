@@ -60,6 +60,8 @@ typedef struct {
     uint64_t last_heartbeat_ms;
     conn_t *conn; /* NULL while disconnected */
     int dead;     /* the core declared this incarnation dead: it may come back only anew */
+    int leaving;  /* it said LEAVING (L1 graceful shutdown): drain it, then let it go */
+    int leave_waiting; /* its drain waits for another (logged once) */
 } peer_t;
 
 typedef struct {
@@ -480,8 +482,15 @@ static void conn_close(conn_t *k, const char *why)
     if (k->node[0]) {
         peer_t *p = peer_find(c, k->node);
         if (p && p->conn == k) p->conn = NULL;
-        if (!c->closing)
+        if (p && p->conn == NULL && p->leaving && !c->closing) {
+            /* it said it was going: its tasks are not waited for (L3 at once) */
+            sl_log(SL_LOG_INFO, "node left after a graceful shutdown", "node", k->node, NULL);
+            p->leaving = 0;
+            p->dead = 1;
+            sl_core_node_leave(c->core, k->node);
+        } else if (!c->closing) {
             sl_log(SL_LOG_INFO, "node disconnected", "node", k->node, "reason", why, NULL);
+        }
     } else if (!c->closing) {
         sl_log(SL_LOG_DEBUG, "connection closed", "peer", k->peer, "reason", why, NULL);
     }
@@ -580,6 +589,7 @@ static void on_hello(conn_t *k, const sl_frame_t *f)
     }
     p->node_epoch = f->node_epoch;
     p->dead = 0;
+    p->leaving = p->leave_waiting = 0;
     p->conn = k;
     p->last_heartbeat_ms = now;
     sl_core_heartbeat(c->core, f->node, 0, now);
@@ -656,6 +666,49 @@ static void on_cf_status(conn_t *k, const sl_frame_t *f)
     sl_core_changefeed_report(c->core, f->changefeed, f->epoch, f->remaining, by, n, now_ms(c));
 }
 
+/* L1 graceful shutdown of a node that said LEAVING: drain it like PUT …/drain would, so
+ * its tasks move before it goes. While another drain runs (or the coordinator
+ * bootstraps) this is tried again every tick. When nothing could take its tasks (the last
+ * Alive node, or the coordinator's own node) it goes Alive→Stopping: nothing new lands
+ * on it, and its tasks are placed again once it has left. */
+static void try_leave(sl_coord_t *c, peer_t *p)
+{
+    sl_liveness_t l;
+    if (sl_core_liveness(c->core, p->id, &l) != 0 || l != SL_ALIVE) return; /* on its way */
+    sl_drain_counts_t counts;
+    int rc = sl_core_drain_start(c->core, p->id, now_ms(c), &counts);
+    char m[16], d[16];
+    snprintf(m, sizeof m, "%u", (unsigned)counts.maintainers);
+    snprintf(d, sizeof d, "%u", (unsigned)counts.dispatchers);
+    if (rc == 0) {
+        sl_log(SL_LOG_INFO, "node leaving: drain started", "node", p->id, "maintainers", m,
+               "dispatchers", d, NULL);
+    } else if (rc == SL_EBUSY || rc == SL_ENOTREADY) {
+        if (!p->leave_waiting)
+            sl_log(SL_LOG_INFO, "node leaving: its drain waits", "node", p->id, "reason",
+                   rc == SL_EBUSY ? "another drain runs" : "the coordinator is bootstrapping", NULL);
+        p->leave_waiting = 1;
+    } else {
+        int cas = sl_core_liveness_cas(c->core, p->id, SL_ALIVE, SL_STOPPING);
+        sl_log(SL_LOG_WARN, "node leaving without a drain: stopping it", "node", p->id, "reason",
+               sl_strerror(rc), "cas", cas ? sl_strerror(cas) : "ok", NULL);
+    }
+}
+
+static void on_leaving(conn_t *k, const sl_frame_t *f)
+{
+    sl_coord_t *c = k->coord;
+    peer_t *p = peer_find(c, k->node);
+    if (strcmp(f->node, k->node) != 0 || !p) {
+        sl_log(SL_LOG_WARN, "LEAVING for another node dropped", "node", k->node, "for", f->node,
+               NULL);
+        return;
+    }
+    sl_log(SL_LOG_INFO, "node asks to leave", "node", p->id, "reason", f->reason, NULL);
+    p->leaving = 1;
+    try_leave(c, p);
+}
+
 static void on_frame(conn_t *k, const sl_frame_t *f, const uint8_t *raw, size_t rawlen)
 {
     sl_coord_t *c = k->coord;
@@ -673,6 +726,7 @@ static void on_frame(conn_t *k, const sl_frame_t *f, const uint8_t *raw, size_t 
         if (f->kind == SL_TASK_MAINTAINER) on_report(k, f->task, f->state);
         break;
     case SL_FRAME_CF_STATUS: on_cf_status(k, f); break;
+    case SL_FRAME_LEAVING: on_leaving(k, f); break;
     case SL_FRAME_AGENT:
         if (strcmp(f->from, k->node) != 0) {
             sl_log(SL_LOG_WARN, "agent message with a forged sender dropped", "node", k->node,
@@ -803,6 +857,7 @@ static void on_tick(uv_timer_t *t)
             sl_log(SL_LOG_WARN, "node left the cluster", "node", c->peers[i].id, NULL);
             c->peers[i].dead = 1;
         }
+        if (c->peers[i].leaving && c->peers[i].conn && !c->peers[i].dead) try_leave(c, &c->peers[i]);
     }
     after_event(c);
 }

@@ -67,6 +67,12 @@ struct sl_node {
     int open_handles;
     int closing;
     uint64_t starts, stops;
+
+    /* graceful shutdown (sl_node_leave) */
+    int leaving;
+    uint64_t leave_deadline_ms;
+    void (*leave_done)(void *arg, const char *why);
+    void *leave_arg;
 };
 
 static void pump(sl_node_t *n);
@@ -626,7 +632,7 @@ static void on_connect(uv_connect_t *req, int status)
 
 static void connect_now(sl_node_t *n)
 {
-    if (n->closing || n->conn) return;
+    if (n->closing || n->conn || n->leaving) return;
     nconn_t *k = calloc(1, sizeof *k);
     if (!k) {
         schedule_reconnect(n);
@@ -642,6 +648,39 @@ static void connect_now(sl_node_t *n)
     if (rc) conn_drop(n, uv_strerror(rc));
 }
 
+/* Tasks that exist here: starting, running or stopping. */
+static size_t running_tasks(sl_node_t *n)
+{
+    size_t running = 0, total = sl_agent_task_count(n->agent);
+    for (size_t i = 0; i < total; i++) {
+        sl_agent_task_t t;
+        sl_agent_task_state_t st;
+        if (sl_agent_task_at(n->agent, i, &t, &st) == 0 && st != SL_AGENT_STOPPED) running++;
+    }
+    return running;
+}
+
+/* Whether a graceful shutdown may end now, and why. */
+static const char *leave_outcome(sl_node_t *n, uint64_t now)
+{
+    if (!n->ready) return "the coordinator is out of reach";
+    int stopping = sl_agent_liveness(n->agent) == SL_STOPPING;
+    if (stopping && running_tasks(n) == 0) return "drained";
+    if (stopping && strcmp(sl_agent_drain_target(n->agent), n->id) != 0)
+        return "stopping; no drain of this node to wait for";
+    if (now >= n->leave_deadline_ms) return "timed out";
+    return NULL;
+}
+
+static void check_leave(sl_node_t *n, uint64_t now)
+{
+    if (!n->leaving || n->closing) return;
+    const char *why = leave_outcome(n, now);
+    if (!why) return;
+    n->leaving = 0;
+    n->leave_done(n->leave_arg, why); /* may close the node: nothing after this */
+}
+
 static void on_tick(uv_timer_t *t)
 {
     sl_node_t *n = t->data;
@@ -650,6 +689,28 @@ static void on_tick(uv_timer_t *t)
         conn_drop(n, "no WELCOME in time");
     sl_agent_tick(n->agent, now);
     pump(n);
+    check_leave(n, now);
+}
+
+void sl_node_leave(sl_node_t *n, const char *reason, uint64_t timeout_ms,
+                   void (*done)(void *arg, const char *why), void *arg)
+{
+    if (!n || n->closing || n->leaving) return;
+    n->leave_done = done;
+    n->leave_arg = arg;
+    n->leave_deadline_ms = now_ms(n) + timeout_ms;
+    n->leaving = 1;
+    uv_timer_stop(&n->reconnect); /* a node on its way out does not come back */
+    if (n->ready) {
+        sl_frame_t f;
+        memset(&f, 0, sizeof f);
+        f.type = SL_FRAME_LEAVING;
+        snprintf(f.node, sizeof f.node, "%s", n->id);
+        snprintf(f.reason, sizeof f.reason, "%s", reason ? reason : "");
+        queue_frame(n, &f);
+        flush_out(n);
+    }
+    check_leave(n, now_ms(n));
 }
 
 /* ---- lifetime -------------------------------------------------------------------------------- */

@@ -47,4 +47,13 @@ int sl_node_start(uv_loop_t *loop, const sl_node_config_t *cfg, sl_node_t **out,
  * callbacks. The agent's tasks simply stop existing (the process is going away). */
 void sl_node_close(sl_node_t *n);
 
+/* Graceful shutdown (L1): tells the coordinator this node is leaving (LEAVING, with
+ * `reason`), which drains it — or, when nothing can take its tasks, marks it Stopping.
+ * `done(arg, why)` is called once, from the loop, when the node is Stopping with nothing
+ * left running ("drained"), Stopping with no drain of it to wait for, the coordinator is
+ * out of reach, or `timeout_ms` has passed; then the caller closes the node. Not
+ * connected: done is called at once. */
+void sl_node_leave(sl_node_t *n, const char *reason, uint64_t timeout_ms,
+                   void (*done)(void *arg, const char *why), void *arg);
+
 #endif

@@ -43,6 +43,7 @@ static const field_t schema_agent[] = {U8(amsg),        STR(from),  STR(to),    
                                        STR(changefeed), U8(state),  U64(node_epoch),
                                        U64(epoch),      U64(issuer), U32(remaining), ITEMS, END};
 static const field_t schema_view[] = {U64(view_version), STR(target), U64(epoch), ITEMS, END};
+static const field_t schema_leaving[] = {STR(node), STR(reason), END};
 
 static const field_t *schema_of(int type)
 {
@@ -59,6 +60,7 @@ static const field_t *schema_of(int type)
     case SL_FRAME_MEMBERS: return schema_members;
     case SL_FRAME_AGENT: return schema_agent;
     case SL_FRAME_VIEW: return schema_view;
+    case SL_FRAME_LEAVING: return schema_leaving;
     default: return NULL;
     }
 }
@@ -67,7 +69,7 @@ const char *sl_proto_type_name(sl_frame_type_t t)
 {
     static const char *const names[] = {"?",         "hello",   "welcome", "reject", "heartbeat",
                                         "start",     "stop",    "report",  "drain",  "cf_status",
-                                        "members",   "agent",   "view"};
+                                        "members",   "agent",   "view",   "leaving"};
     return (unsigned)t < sizeof names / sizeof *names ? names[t] : "?";
 }
 

@@ -37,6 +37,8 @@ typedef enum {
     SL_FRAME_VIEW = 12,     /* coordinator → node: the cluster view — version, target,
                              * epoch, items {node, value = liveness, value64 = node epoch}; its version is
                              * view_version */
+    SL_FRAME_LEAVING = 13,  /* node → coordinator: node, reason — it is shutting down and
+                             * asks to be drained first (L1 graceful shutdown) */
 } sl_frame_type_t;
 
 typedef struct {

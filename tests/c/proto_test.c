@@ -73,6 +73,13 @@ int main(void)
     TAP_CHECK(roundtrip(&vw, &b, back_items, 8) == 0 && b.view_version == 12 &&
                   back_items[0].value64 == 1700000000000ull && !strcmp(b.target, "n3"),
               "a cluster view round-trips with node epochs");
+    sl_frame_t lv = {.type = SL_FRAME_LEAVING};
+    strcpy(lv.node, "n2");
+    strcpy(lv.reason, "SIGTERM");
+    TAP_CHECK(roundtrip(&lv, &b, back_items, 8) == 0 && b.type == SL_FRAME_LEAVING &&
+                  !strcmp(b.node, "n2") && !strcmp(b.reason, "SIGTERM") &&
+                  !strcmp(sl_proto_type_name(SL_FRAME_LEAVING), "leaving"),
+              "a node's LEAVING frame round-trips with its reason (L1)");
 
     uint8_t buf[256];
     size_t len = 0, used;

@@ -1,0 +1,93 @@
+-- e2e_shutdown_spec.lua — a node's graceful shutdown (L1 Alive→Stopping) with real
+-- processes on loopback: SIGTERM to `sluice agent` makes the coordinator drain that node
+-- before the process exits, so its work moves instead of being cut off; a second signal
+-- stops it at once; the last node, with nowhere to move its tasks, goes Stopping and exits.
+-- Who runs what is judged from the nodes' own state files.
+local D = require "support.daemon"
+
+local CF, TABLES = 6, 3
+
+local function skip_without_curl()
+  if not D.have_curl() then
+    pending("curl is not installed: the end-to-end specs need it (make deps)")
+    return true
+  end
+end
+
+local function capture_ids(h)
+  local code, body = h:http("GET", "/api/v2/captures")
+  assert.are.equal(200, code)
+  local ids = {}
+  for _, c in ipairs(body.items) do ids[c.id] = c.liveness end
+  return ids
+end
+
+describe("e2e graceful shutdown", function()
+  local h
+  after_each(function()
+    if h then h:cleanup() end
+    h = nil
+  end)
+
+  it("L1: SIGTERM drains the node first; it exits once nothing runs there, nothing ran twice", function()
+    if skip_without_curl() then return end
+    h = D.new()
+    h:cluster(3, CF, TABLES)
+    local before = h:state("n2")
+    assert.is_true(#before.maintainers + #before.dispatchers > 0, "n2 runs nothing to begin with")
+    local pid = h.agents.n2.pid
+    h:kill(pid, "TERM")
+    -- while it drains, every task still runs on exactly one node (the nodes' own word)
+    D.wait("n2 to exit", 30, function()
+      local ok, why = h:check_single_owner(CF, TABLES)
+      local st = h:state("n2")
+      if not ok and not (why or ""):match("runs on no node") then error(why) end
+      return not D.alive(pid), st and st.liveness
+    end)
+    local log = h:log_of("n2")
+    assert.matches("draining this node before stopping", log, 1, true)
+    assert.matches("outcome=drained", log, 1, true)
+    local last = h:state("n2")
+    assert.are.same({}, last.maintainers)
+    assert.are.same({}, last.dispatchers)
+    assert.are.equal("stopping", last.liveness)
+    -- the coordinator drained it (D8) and let it go at once (L3)
+    local ids = capture_ids(h)
+    assert.is_nil(ids.n2)
+    assert.are.equal("alive", ids.n1)
+    assert.are.equal("alive", ids.n3)
+    assert.matches("node leaving: drain started.*node=n2", D.read(h.serve_log))
+    h:settle(CF, TABLES, 10)
+  end)
+
+  it("L1: a second signal stops the node at once; its tasks are placed again", function()
+    if skip_without_curl() then return end
+    h = D.new({ latency = 1500 })
+    h:cluster(3, 4, 2)
+    local pid = h.agents.n2.pid
+    h:kill(pid, "TERM")
+    D.wait("the first signal to be taken", 5, function()
+      return h:log_of("n2"):match("draining this node") ~= nil
+    end)
+    h:kill(pid, "TERM")
+    assert.is_true(h:reap(pid, 5), "the second signal did not stop n2")
+    assert.matches("stopping now", h:log_of("n2"), 1, true)
+    D.wait("n2 to be gone from the coordinator", 5, function()
+      return capture_ids(h).n2 == nil
+    end)
+    h.agents.n2 = nil -- the process is gone; its last state file no longer runs anything
+    h:settle(4, 2, 30)
+  end)
+
+  it("L1: the last node, with nowhere to move its tasks, goes Stopping and exits", function()
+    if skip_without_curl() then return end
+    h = D.new()
+    h:cluster(1, 2, 1)
+    local pid = h.agents.n1.pid
+    h:kill(pid, "TERM")
+    assert.is_true(h:reap(pid, 10), "n1 did not exit")
+    assert.matches("outcome=\"?stopping; no drain of this node to wait for", h:log_of("n1"))
+    assert.matches("node leaving without a drain: stopping it.*node=n1", D.read(h.serve_log))
+    assert.is_nil(capture_ids(h).n1)
+  end)
+end)
