@@ -2,7 +2,9 @@
 -- live policy (P4): a scripted session (expressions, multi-line chunks, an error and the
 -- session going on, nodes()), the data directory's socket and token, the completion
 -- route, a runaway loop stopped by the budget while the coordinator keeps answering, a
--- terminal session through `script`'s pseudo-terminal; a policy saved into the policy
+-- terminal session through `script`'s pseudo-terminal (a session closed under the
+-- client); per-client sessions (globals not shared, one-shot
+-- without a session, SESSION_NOT_FOUND for an unknown id); a policy saved into the policy
 -- directory going live (rename-over save too), a broken one kept out with file:line.
 -- The coordinator serves POST /api/v2/repl and watches its policy directory (GET
 -- /api/v2/policies shows `watching`); the guards below only skip on an older binary.
@@ -17,6 +19,24 @@ local function repl(input, auth)
   h:write(input)
   h:close()
   return sh(("%s repl %s <%s 2>&1"):format(q(C.BIN), auth or ("--server " .. C.http_addr .. " --token " .. C.token), q(f)))
+end
+
+-- Runs `sluice repl` on a pseudo-terminal (script(1)), typing `typed` one step at a time
+-- (script gives up on a terminal whose input ended early); a step is a string to type or
+-- a function returning a shell command to run between two. Returns output and exit code.
+local function terminal(typed)
+  local feed = { "sleep 0.5" }
+  for _, step in ipairs(typed) do
+    feed[#feed + 1] = type(step) == "function" and step() or ("printf " .. q(step) .. "; sleep 0.3")
+  end
+  local cmd = ("HOME=%s %s repl --server %s --token %s"):format(q(C.dir), q(C.BIN), C.http_addr, C.token)
+  return sh(("(%s) | timeout 30 script -qec %s /dev/null"):format(table.concat(feed, "; "), q(cmd)))
+end
+
+local function repl_post(body)
+  local code, resp = C.http("POST", "/api/v2/repl", cjson.encode(body))
+  local ok, j = pcall(cjson.decode, resp)
+  return code, ok and j or {}, resp
 end
 
 local function has_repl_route()
@@ -105,15 +125,66 @@ describe("REPL (R1) and hot reload (P4) against a running coordinator", function
     if not run("command -v script >/dev/null 2>&1") then return pending("no script(1)") end
     -- typed one line at a time (script(1) gives up on a terminal whose input ended early);
     -- Ctrl-D at the end
-    local typed = { "#nodes()\\n", "function g()\\n", "return 'typed' end\\n", "g()\\n", "\\004" }
-    local feed = { "sleep 0.5" }
-    for _, line in ipairs(typed) do feed[#feed + 1] = "printf " .. q(line) .. "; sleep 0.3" end
-    local cmd = ("HOME=%s %s repl --server %s --token %s"):format(q(C.dir), q(C.BIN), C.http_addr, C.token)
-    local out, code = sh(("(%s) | timeout 20 script -qec %s /dev/null"):format(table.concat(feed, "; "), q(cmd)))
+    local out, code = terminal({ "#nodes()\\n", "function g()\\n", "return 'typed' end\\n", "g()\\n", "\\004" })
     assert.are.equal(0, code, out)
     assert.truthy(out:match("sluice> "), out)
     assert.truthy(out:match("   %.%.%.> "), out)
     assert.truthy(out:match("typed"), out)
+  end)
+
+  it("R1: a session closed under the terminal client: it says so and goes on in a new one", function()
+    if not ok then return pending(why) end
+    if not run("command -v script >/dev/null 2>&1") then return pending("no script(1)") end
+    -- 16 sessions opened meanwhile close this client's, the longest idle
+    local crowd = function()
+      return ("for i in $(seq 16); do curl -s -o /dev/null -H 'Authorization: Bearer %s' " ..
+        "-d '{\"code\":\"1\",\"session\":\"new\"}' http://%s/api/v2/repl; done"):format(C.token, C.http_addr)
+    end
+    local out, code = terminal({ "kept = 'yes'\\n", "kept\\n", crowd, "kept\\n", "kept = 'again'\\n", "kept\\n", "\\004" })
+    assert.are.equal(0, code, out)
+    assert.truthy(out:match("yes\r?\n"), out)
+    assert.truthy(out:match("session expired, new session started %(REPL session %x+ was closed to make room"), out)
+    assert.truthy(out:match("session started[^\n]*\n[^\n]*nil\r?\n"), out)
+    assert.truthy(out:match("again\r?\n"), out)
+  end)
+
+  it("R1: each sluice repl has its own globals", function()
+    if not ok then return pending(why) end
+    local out, code = repl("mine = 'first client'\nmine\n")
+    assert.are.equal(0, code, out)
+    assert.are.equal("first client\n", out)
+    out, code = repl("mine\n")
+    assert.are.equal(0, code, out)
+    assert.are.equal("nil\n", out)
+  end)
+
+  it("R1: sessions over HTTP: new, kept, one-shot without one, closed, unknown", function()
+    if not ok then return pending(why) end
+    local code, j, raw = repl_post({ code = "v = 7", session = "new" })
+    assert.are.equal(200, code, raw)
+    local id = j.session
+    assert.truthy(type(id) == "string" and id:match("^%x+$") and #id == 32, raw)
+    code, j, raw = repl_post({ code = "v", session = id })
+    assert.are.equal(200, code, raw)
+    assert.are.equal("7\n", j.output)
+    code, j = repl_post({ code = "v" }) -- no session: one-shot, as older clients
+    assert.are.equal(200, code)
+    assert.are.equal("nil\n", j.output)
+    assert.is_nil(j.session)
+    code, j, raw = repl_post({ session = id, close = true })
+    assert.are.equal(200, code, raw)
+    assert.is_true(j.closed)
+    code, j, raw = repl_post({ code = "v", session = id })
+    assert.are.equal(404, code, raw)
+    assert.are.equal("SESSION_NOT_FOUND", j.error_code)
+    assert.truthy(j.error_msg:match("closed by its client"), raw)
+    code, j, raw = repl_post({ code = "1", session = ("0"):rep(32) })
+    assert.are.equal(404, code, raw)
+    assert.are.equal("SESSION_NOT_FOUND", j.error_code)
+    assert.truthy(j.error_msg:match("no REPL session 0+ ") and j.error_msg:match('"session": "new"'), raw)
+    code, j, raw = repl_post({ code = "1", session = "not-an-id" })
+    assert.are.equal(400, code, raw)
+    assert.are.equal("INVALID_ARGUMENT", j.error_code)
   end)
 
   it("P4: a policy saved into the policy directory goes live; a broken one is kept out", function()

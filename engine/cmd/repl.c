@@ -6,8 +6,14 @@
  * DIR/token when a data directory is known, else TCP with the token. On a terminal:
  * libedit line editing, prompt `sluice> ` and `   ...> ` while a chunk continues,
  * history in ~/.sluice_history, tab completion through POST /api/v2/repl/complete,
- * Ctrl-D exits. With stdin not a terminal: lines are read, evaluated and printed without
- * prompts (scripts, tests); the exit status is 1 when an evaluation failed. */
+ * Ctrl-D exits. With stdin not a terminal: lines are read, evaluated and
+ * printed without prompts (scripts, tests); the exit status is 1 when an evaluation failed.
+ *
+ * Sessions (repl.h): the first request asks for a new session and every later one names
+ * it, so this client's globals are its own. When the coordinator has closed it (idle too
+ * long, room made for another, a restart) the client opens another, says "session
+ * expired, new session started" and evaluates the chunk there. The session is closed on
+ * exit. A coordinator that does not know sessions is still served (one shared state). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +27,12 @@
 #define PROMPT "sluice> "
 #define PROMPT_MORE "   ...> "
 
-static sl_client_t *completion_client;
+/* One connection and its session; static because libedit's completion hook takes no
+ * argument. */
+static struct {
+    sl_client_t *client;
+    char session[80]; /* the id the server gave, "" before the first answer */
+} conn;
 static json_t *cached_matches;
 static size_t completion_next;
 
@@ -31,7 +42,9 @@ static void usage(FILE *to)
           "  Lua evaluated in the coordinator, with the policies' sandbox and budget.\n"
           "  help() lists the functions: nodes(), node(id), changefeeds(), operators(),\n"
           "  drain.status([id]), drain.plan(id), policy.info(); drain.start(id),\n"
-          "  drain.cancel(id), policy.reload(). Tab completes; Ctrl-D exits.\n",
+          "  drain.cancel(id), policy.reload(); reset() starts the session afresh.\n"
+          "  Each run has a session of its own: its globals are not seen by others.\n"
+          "  Tab completes; Ctrl-D exits.\n",
           to);
 }
 
@@ -43,9 +56,12 @@ static char *complete_generator(const char *text, int state)
         cached_matches = NULL;
         completion_next = 0;
         json_t *body = json_pack("{s:s}", "prefix", text);
+        if (body && conn.session[0])
+            json_object_set_new(body, "session", json_string(conn.session));
         sl_client_response_t res;
         char err[1024];
-        if (body && sl_client_request(completion_client, "POST", "/api/v2/repl/complete", body,
+        /* a session closed meanwhile completes nothing; the next evaluation says why */
+        if (body && sl_client_request(conn.client, "POST", "/api/v2/repl/complete", body,
                                       &res, err, sizeof err) == 0) {
             json_t *m = json_object_get(res.json, "matches");
             if (res.status == 200 && json_is_array(m))
@@ -69,33 +85,63 @@ static char **attempt_completion(const char *text, int start, int end)
     return rl_completion_matches(text, complete_generator);
 }
 
-/* Sends a chunk. Returns 0 (printed), 1 (incomplete), 2 (it raised an error, printed),
- * -1 (the request failed; said on stderr). */
-static int evaluate(sl_client_t *c, const char *chunk)
+/* The session the server named in an answer, kept for the next request. */
+static void keep_session(json_t *answer)
 {
-    json_t *body = json_pack("{s:s}", "code", chunk);
-    if (body == NULL) {
-        fprintf(stderr, "sluice repl: the input is not valid UTF-8\n");
-        return -1;
-    }
+    const char *id = json_string_value(json_object_get(answer, "session"));
+    if (id && id[0] && strlen(id) < sizeof conn.session)
+        snprintf(conn.session, sizeof conn.session, "%s", id);
+}
+
+static int is_session_gone(const sl_client_response_t *res)
+{
+    const char *code = json_string_value(json_object_get(res->json, "error_code"));
+    return res->status == 404 && code && strcmp(code, "SESSION_NOT_FOUND") == 0;
+}
+
+/* Sends a chunk in this client's session (a new one is asked for when there is none).
+ * Returns 0 (printed), 1 (incomplete), 2 (it raised an error, printed), -1 (the request
+ * failed; said on stderr). */
+static int evaluate(const char *chunk)
+{
     sl_client_response_t res;
-    char err[1400];
-    int rc = sl_client_request(c, "POST", "/api/v2/repl", body, &res, err, sizeof err);
-    json_decref(body);
-    if (rc != 0) {
-        fprintf(stderr, "sluice repl: %s\n", err);
-        return -1;
+    for (int attempt = 0;; attempt++) {
+        json_t *body = json_pack("{s:s,s:s}", "code", chunk, "session",
+                                 conn.session[0] ? conn.session : "new");
+        if (body == NULL) {
+            fprintf(stderr, "sluice repl: the input is not valid UTF-8\n");
+            return -1;
+        }
+        char err[1400];
+        int rc = sl_client_request(conn.client, "POST", "/api/v2/repl", body, &res, err,
+                                   sizeof err);
+        json_decref(body);
+        if (rc != 0) {
+            fprintf(stderr, "sluice repl: %s\n", err);
+            return -1;
+        }
+        if (attempt == 0 && conn.session[0] && is_session_gone(&res)) {
+            /* nothing ran: the chunk goes to a new session, once */
+            const char *why = json_string_value(json_object_get(res.json, "reason"));
+            fprintf(stderr, "sluice repl: session expired, new session started%s%s%s\n",
+                    why ? " (" : "", why ? why : "", why ? ")" : "");
+            conn.session[0] = '\0';
+            sl_client_response_free(&res);
+            continue;
+        }
+        break;
     }
     if (res.status != 200 || res.json == NULL) {
         char text[1024];
         sl_client_error_text(&res, text, sizeof text);
-        if (res.status == 404)
+        if (res.status == 404 && !is_session_gone(&res))
             snprintf(text + strlen(text), sizeof text - strlen(text),
                      " (this coordinator has no REPL route)");
         fprintf(stderr, "sluice repl: %s\n", text);
         sl_client_response_free(&res);
         return -1;
     }
+    keep_session(res.json);
     int result = 0;
     if (json_is_true(json_object_get(res.json, "incomplete"))) {
         result = 1;
@@ -114,6 +160,21 @@ static int evaluate(sl_client_t *c, const char *chunk)
     return result;
 }
 
+/* Frees the session now rather than when it idles out; a failure changes nothing. */
+static void close_session(void)
+{
+    if (conn.session[0] == '\0')
+        return;
+    json_t *body = json_pack("{s:s,s:b}", "session", conn.session, "close", 1);
+    sl_client_response_t res;
+    char err[1024];
+    if (body && sl_client_request(conn.client, "POST", "/api/v2/repl", body, &res, err,
+                                  sizeof err) == 0)
+        sl_client_response_free(&res);
+    json_decref(body);
+    conn.session[0] = '\0';
+}
+
 static int append(char **buf, size_t *len, const char *line)
 {
     size_t n = strlen(line);
@@ -129,7 +190,7 @@ static int append(char **buf, size_t *len, const char *line)
 }
 
 /* Not a terminal: read, evaluate, print. */
-static int run_script(sl_client_t *c)
+static int run_script(void)
 {
     char *line = NULL, *chunk = NULL;
     size_t cap = 0, len = 0;
@@ -144,7 +205,7 @@ static int run_script(sl_client_t *c)
             failed = 1;
             break;
         }
-        int r = evaluate(c, chunk);
+        int r = evaluate(chunk);
         if (r == 1)
             continue;
         if (r != 0)
@@ -162,7 +223,7 @@ static int run_script(sl_client_t *c)
     return failed;
 }
 
-static int run_terminal(sl_client_t *c, const char *how)
+static int run_terminal(const char *how)
 {
     char history[1024] = "";
     const char *home = getenv("HOME");
@@ -176,8 +237,8 @@ static int run_terminal(sl_client_t *c, const char *how)
     rl_completer_word_break_characters = breaks;
     rl_attempted_completion_function = attempt_completion;
     rl_completion_append_character = '\0';
-    completion_client = c;
-    printf("sluice REPL on %s (%s). help() lists the functions; Ctrl-D exits.\n", c->server, how);
+    printf("sluice REPL on %s (%s). help() lists the functions; Ctrl-D exits.\n",
+           conn.client->server, how);
     char *chunk = NULL;
     size_t len = 0;
     for (;;) {
@@ -194,7 +255,7 @@ static int run_terminal(sl_client_t *c, const char *how)
         free(line);
         if (!ok)
             break;
-        int r = evaluate(c, chunk);
+        int r = evaluate(chunk);
         if (r == 1)
             continue;
         add_history(chunk);
@@ -231,14 +292,18 @@ int sl_cmd_repl(int argc, char **argv)
     sl_client_t c;
     if (sl_cmd_client_open(&o, &c) != 0)
         return 1;
-    /* an empty chunk: reachable, authorised, and the REPL route is there */
-    if (evaluate(&c, "") < 0) {
+    conn.client = &c;
+    conn.session[0] = '\0';
+    /* an empty chunk: reachable, authorised, the REPL route is there, and a session */
+    if (evaluate("") < 0) {
         sl_client_close(&c);
         return 1;
     }
     char how[64];
     snprintf(how, sizeof how, "%s", c.unix_path[0] ? "Unix socket" : "TCP");
-    int rc = isatty(STDIN_FILENO) ? run_terminal(&c, how) : run_script(&c);
+    int rc = isatty(STDIN_FILENO) ? run_terminal(how) : run_script();
+    close_session();
     sl_client_close(&c);
+    conn.client = NULL;
     return rc;
 }

@@ -4,6 +4,9 @@
  *  - the operator's Lua runs in the policies' sandbox (sandbox.h): whitelisted globals,
  *    a memory cap and a time budget per evaluation; the results are formatted inside the
  *    same protected, budgeted call (a __tostring is Lua code too);
+ *  - each session has its own sandbox: globals, memory cap and a budget that ran out are
+ *    its own; at most max_sessions are open, and none idle past idle_ms once a request or
+ *    a sweep has looked, so the REPL holds at most max_sessions + 1 (a one-shot) states;
  *  - the inspection functions copy what the core says into Lua values at once (the
  *    core's strings live until its next event) and never change the core;
  *  - steering goes through the coordinator's callbacks with the budget paused;
@@ -18,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/time.h>
 #include <time.h>
 
@@ -29,6 +33,7 @@
 #define REPL_INLINE_MAX 72          /* a table fits on one line up to this width */
 #define REPL_ENTRIES_MAX 2000       /* entries printed per table */
 #define REPL_MATCHES_MAX 256
+#define REPL_GONE_REMEMBERED 64     /* closed session ids kept to say why they are gone */
 
 typedef struct {
     char *s;
@@ -36,14 +41,35 @@ typedef struct {
     int truncated;
 } out_t;
 
+/* One client's Lua; the upvalue of every REPL function in its state. */
+typedef struct {
+    sl_repl_t *repl;
+    sl_sandbox_t *sb; /* on the heap: a sandbox never moves (its allocator and timer point
+                       * at it), and reset() builds the new one beside the old */
+    out_t out;
+    char id[SL_REPL_ID_SIZE]; /* "" for a one-shot evaluation */
+    uint64_t last_used_ms;
+    int reset_requested;      /* reset() was called: a fresh state after this evaluation */
+} session_t;
+
+typedef enum { GONE_IDLE = 1, GONE_EVICTED, GONE_CLOSED } gone_t;
+
 struct sl_repl {
-    sl_sandbox_t sb;
     sl_core_t *core;
     sl_policy_registry_t *reg;
     sl_repl_ops_t ops;
     char coordinator_node[SL_ID_MAX];
     uint32_t budget_ms;
-    out_t out;
+    size_t mem_cap;
+    /* the open sessions, in the order they were opened */
+    session_t **sessions;
+    size_t nsessions;
+    sl_repl_sessions_config_t cfg; /* defaults filled in */
+    struct {
+        char id[SL_REPL_ID_SIZE];
+        gone_t why;
+    } gone[REPL_GONE_REMEMBERED]; /* a ring of the last closed ids */
+    size_t gone_next;
 };
 
 /* ---- output --------------------------------------------------------------------------- */
@@ -90,9 +116,14 @@ static void out_printf(out_t *o, const char *fmt, ...)
         out_add(o, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
 }
 
-static sl_repl_t *repl_of(lua_State *L)
+static session_t *session_of(lua_State *L)
 {
     return lua_touserdata(L, lua_upvalueindex(1));
+}
+
+static sl_repl_t *repl_of(lua_State *L)
+{
+    return session_of(L)->repl;
 }
 
 static uint64_t wall_ms(void)
@@ -115,32 +146,33 @@ static uint64_t mono_ns(void)
 }
 
 /* C loops the count hook cannot see check the deadline themselves. */
-static void check_deadline(lua_State *L, sl_repl_t *r)
+static void check_deadline(lua_State *L, session_t *s)
 {
-    if (r->sb.armed && (r->sb.expired || mono_ns() >= r->sb.deadline_ns)) {
-        r->sb.expired = 1;
-        luaL_error(L, "evaluation exceeded its budget of %d ms", (int)r->budget_ms);
+    sl_sandbox_t *sb = s->sb;
+    if (sb->armed && (sb->expired || mono_ns() >= sb->deadline_ns)) {
+        sb->expired = 1;
+        luaL_error(L, "evaluation exceeded its budget of %d ms", (int)s->repl->budget_ms);
     }
 }
 
 /* The budget is paused while the coordinator's callbacks run (they may write the store). */
-static uint32_t budget_pause(sl_repl_t *r)
+static uint32_t budget_pause(session_t *s)
 {
     uint64_t now = mono_ns();
-    uint64_t left = r->sb.deadline_ns > now ? (r->sb.deadline_ns - now) / 1000000u : 0;
-    sl_policy_sandbox_disarm(&r->sb);
+    uint64_t left = s->sb->deadline_ns > now ? (s->sb->deadline_ns - now) / 1000000u : 0;
+    sl_policy_sandbox_disarm(s->sb);
     return left > 0 ? (uint32_t)left : 1;
 }
 
-static void budget_resume(sl_repl_t *r, uint32_t left_ms)
+static void budget_resume(session_t *s, uint32_t left_ms)
 {
-    sl_policy_sandbox_arm(&r->sb, "evaluation", left_ms);
+    sl_policy_sandbox_arm(s->sb, "evaluation", left_ms);
 }
 
 /* ---- formatting values -------------------------------------------------------------- */
 
 typedef struct {
-    sl_repl_t *r;
+    session_t *s;
     lua_State *L;
     int seen; /* stack index of the table of tables on the current path */
     unsigned steps;
@@ -266,7 +298,7 @@ static int fmt_table(fmt_t *f, out_t *o, int t, int depth, int indent, size_t wi
         if (width > 0 && (size_t)n > width / 3)
             return -1; /* cannot fit on one line: do not collect the keys twice */
         if ((++f->steps & 255) == 0)
-            check_deadline(L, f->r);
+            check_deadline(L, f->s);
     }
     /* the other keys, anchored in a keys table while sorted */
     lua_newtable(L);
@@ -287,7 +319,7 @@ static int fmt_table(fmt_t *f, out_t *o, int t, int depth, int indent, size_t wi
             return -1;
         }
         if ((++f->steps & 255) == 0)
-            check_deadline(L, f->r);
+            check_deadline(L, f->s);
     }
     tkey_t *ks = NULL;
     if (nkeys > 0) {
@@ -309,9 +341,9 @@ static int fmt_table(fmt_t *f, out_t *o, int t, int depth, int indent, size_t wi
             }
             lua_pop(L, 1); /* the string stays alive in `keys` */
         }
-        check_deadline(L, f->r);
+        check_deadline(L, f->s);
         qsort(ks, (size_t)nkeys, sizeof *ks, key_cmp);
-        check_deadline(L, f->r);
+        check_deadline(L, f->s);
     }
     int one_line = width > 0;
     size_t start = o->len;
@@ -356,7 +388,7 @@ static int fmt_table(fmt_t *f, out_t *o, int t, int depth, int indent, size_t wi
             out_add(o, ",\n", 2);
         }
         if ((++f->steps & 255) == 0)
-            check_deadline(L, f->r);
+            check_deadline(L, f->s);
     }
     if (!one_line) {
         for (int s = 0; s < indent; s++)
@@ -438,7 +470,7 @@ static int fmt_value(fmt_t *f, out_t *o, int idx, int depth, int indent, int top
 /* ---- evaluation --------------------------------------------------------------------- */
 
 typedef struct {
-    sl_repl_t *r;
+    session_t *s;
     const char *chunk;
     size_t len;
     int incomplete;
@@ -453,7 +485,7 @@ static int ends_with_eof(const char *msg)
 static int eval_protected(lua_State *L)
 {
     eval_t *ev = lua_touserdata(L, 1);
-    sl_repl_t *r = ev->r;
+    session_t *s = ev->s;
     lua_settop(L, 0);
     /* like lua.c: an expression first, then statements */
     luaL_Buffer b;
@@ -483,18 +515,18 @@ static int eval_protected(lua_State *L)
     if (nres == 0)
         return 0;
     lua_newtable(L);
-    fmt_t f = {r, L, lua_gettop(L), 0};
+    fmt_t f = {s, L, lua_gettop(L), 0};
     int tables = 0;
     for (int i = 1; i <= nres; i++)
         tables |= lua_type(L, i) == LUA_TTABLE;
-    if (r->out.len > 0 && r->out.s[r->out.len - 1] != '\n')
-        out_add(&r->out, "\n", 1);
+    if (s->out.len > 0 && s->out.s[s->out.len - 1] != '\n')
+        out_add(&s->out, "\n", 1);
     for (int i = 1; i <= nres; i++) {
         if (i > 1)
-            out_add(&r->out, tables ? "\n" : "\t", 1);
-        fmt_value(&f, &r->out, i, 0, 0, 1, 0);
+            out_add(&s->out, tables ? "\n" : "\t", 1);
+        fmt_value(&f, &s->out, i, 0, 0, 1, 0);
     }
-    out_add(&r->out, "\n", 1);
+    out_add(&s->out, "\n", 1);
     return 0;
 }
 
@@ -549,47 +581,63 @@ static char *utf8_clean(const char *s, size_t n)
     return o.s;
 }
 
-int sl_repl_eval(sl_repl_t *r, const char *chunk, char **output, int *incomplete)
+static int session_rebuild(session_t *s, char *err, size_t errlen);
+
+/* Evaluates in one session (the caller found or made it). */
+static int session_eval(session_t *s, const char *chunk, char **output, int *incomplete)
 {
     *output = NULL;
     *incomplete = 0;
-    r->out.len = 0;
-    r->out.truncated = 0;
-    if (r->out.s)
-        r->out.s[0] = '\0';
-    lua_State *L = r->sb.L;
+    s->out.len = 0;
+    s->out.truncated = 0;
+    if (s->out.s)
+        s->out.s[0] = '\0';
+    s->reset_requested = 0;
+    lua_State *L = s->sb->L;
     lua_settop(L, 0);
-    eval_t ev = {r, chunk ? chunk : "", chunk ? strlen(chunk) : 0, 0};
+    eval_t ev = {s, chunk ? chunk : "", chunk ? strlen(chunk) : 0, 0};
     int rc = 0;
-    sl_policy_sandbox_arm(&r->sb, "evaluation", r->budget_ms);
+    sl_policy_sandbox_arm(s->sb, "evaluation", s->repl->budget_ms);
     lua_pushcfunction(L, eval_msgh);
     lua_pushcfunction(L, eval_protected);
     lua_pushlightuserdata(L, &ev);
     int status = lua_pcall(L, 1, 0, 1);
-    sl_policy_sandbox_disarm(&r->sb);
+    sl_policy_sandbox_disarm(s->sb);
     if (status != LUA_OK) {
-        if (r->out.len > 0 && r->out.s[r->out.len - 1] != '\n')
-            out_add(&r->out, "\n", 1);
-        r->out.truncated = 0; /* the error is always shown */
+        if (s->out.len > 0 && s->out.s[s->out.len - 1] != '\n')
+            out_add(&s->out, "\n", 1);
+        s->out.truncated = 0; /* the error is always shown */
         if (status == LUA_ERRMEM)
-            out_printf(&r->out, "error: not enough memory (the REPL's cap is %zu MiB)\n",
-                       r->sb.mem_cap >> 20);
+            out_printf(&s->out, "error: not enough memory (the REPL's cap is %zu MiB)\n",
+                       s->sb->mem_cap >> 20);
         else
-            out_printf(&r->out, "error: %s\n",
+            out_printf(&s->out, "error: %s\n",
                        lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "unknown error");
         rc = SL_EPOLICY;
     } else if (ev.incomplete) {
         *incomplete = 1;
-        r->out.len = 0;
+        s->out.len = 0;
     }
-    if (r->out.truncated)
-        out_printf(&r->out, "\n... (output truncated at %u bytes)\n", REPL_OUTPUT_MAX);
+    if (s->out.truncated)
+        out_printf(&s->out, "\n... (output truncated at %u bytes)\n", REPL_OUTPUT_MAX);
     lua_settop(L, 0);
-    /* what the chunk left behind is garbage now; an operator's globals stay */
-    sl_policy_sandbox_arm(&r->sb, "collect", 1000);
-    lua_gc(L, LUA_GCCOLLECT);
-    sl_policy_sandbox_disarm(&r->sb);
-    *output = utf8_clean(r->out.s ? r->out.s : "", r->out.len);
+    if (s->reset_requested && s->id[0]) {
+        /* even when the chunk failed after reset(): the operator asked for it */
+        s->reset_requested = 0;
+        char err[SL_ERRMSG_MAX];
+        if (session_rebuild(s, err, sizeof err) == 0) {
+            out_str(&s->out, "session reset: a fresh Lua state, every global and local gone\n");
+        } else {
+            out_printf(&s->out, "error: reset(): %s; the session keeps its state\n", err);
+            rc = SL_EPOLICY;
+        }
+    } else {
+        /* what the chunk left behind is garbage now; an operator's globals stay */
+        sl_policy_sandbox_arm(s->sb, "collect", 1000);
+        lua_gc(L, LUA_GCCOLLECT);
+        sl_policy_sandbox_disarm(s->sb);
+    }
+    *output = utf8_clean(s->out.s ? s->out.s : "", s->out.len);
     if (*output == NULL)
         return SL_ENOMEM;
     return rc;
@@ -709,7 +757,7 @@ static int f_changefeeds(lua_State *L)
         push_changefeed(L, r, id, &t);
         lua_rawseti(L, -2, ++k);
         if ((i & 255) == 255)
-            check_deadline(L, r);
+            check_deadline(L, session_of(L));
     }
     return 1;
 }
@@ -753,7 +801,7 @@ static int f_operators(lua_State *L)
             set_str(L, "stuck_reason", op.reason_text);
         lua_rawseti(L, -2, ++k);
         if ((i & 255) == 255)
-            check_deadline(L, r);
+            check_deadline(L, session_of(L));
     }
     return 1;
 }
@@ -852,10 +900,10 @@ static int f_drain_start(lua_State *L)
     const char *id = luaL_checkstring(L, 1);
     sl_drain_counts_t counts;
     memset(&counts, 0, sizeof counts);
-    uint32_t left = budget_pause(r);
+    uint32_t left = budget_pause(session_of(L));
     int rc = r->ops.drain_start ? r->ops.drain_start(r->ops.arg, id, &counts)
                                 : sl_core_drain_start(r->core, id, repl_now(r), &counts);
-    budget_resume(r, left);
+    budget_resume(session_of(L), left);
     if (rc != 0) {
         const char *code, *msg = drain_error(rc, &code);
         return luaL_error(L, "drain.start('%s'): %s: %s", id, code, msg);
@@ -871,10 +919,10 @@ static int f_drain_cancel(lua_State *L)
 {
     sl_repl_t *r = repl_of(L);
     const char *id = luaL_checkstring(L, 1);
-    uint32_t left = budget_pause(r);
+    uint32_t left = budget_pause(session_of(L));
     int rc = r->ops.drain_cancel ? r->ops.drain_cancel(r->ops.arg, id)
                                  : sl_core_drain_cancel(r->core, id, repl_now(r));
-    budget_resume(r, left);
+    budget_resume(session_of(L), left);
     if (rc != 0) {
         const char *code, *msg = drain_error(rc, &code);
         return luaL_error(L, "drain.cancel('%s'): %s: %s", id, code, msg);
@@ -941,9 +989,9 @@ static int f_policy_reload(lua_State *L)
         return luaL_error(L, "policy.reload: this coordinator runs the built-in policy; "
                              "there is no policy file to reload");
     char err[SL_ERRMSG_MAX + 64];
-    uint32_t left = budget_pause(r);
+    uint32_t left = budget_pause(session_of(L));
     int rc = sl_policy_registry_reload(r->reg, err, sizeof err);
-    budget_resume(r, left);
+    budget_resume(session_of(L), left);
     if (rc < 0) {
         lua_pushstring(L, err);
         return lua_error(L);
@@ -967,41 +1015,72 @@ static const char help_text[] =
     "  drain.start(id)      start draining node id (as PUT .../drain)\n"
     "  drain.cancel(id)     cancel it (as DELETE .../drain)\n"
     "  policy.reload()      load the policy file again (contract, selftest, then swap)\n"
+    "session\n"
+    "  reset()              start this session afresh: every global you set is gone\n"
     "\n"
-    "Tab completes names; a line that does not finish a statement continues on the next.\n";
+    "Your globals are your own: every `sluice repl` has a session of its own, closed when\n"
+    "it exits. Tab completes names; a line that does not finish a statement continues on\n"
+    "the next.\n";
+
+static void format_duration(uint64_t ms, char *out, size_t len);
 
 static int f_help(lua_State *L)
 {
-    sl_repl_t *r = repl_of(L);
-    out_str(&r->out, help_text);
+    session_t *s = session_of(L);
+    out_str(&s->out, help_text);
+    if (s->id[0] == '\0') {
+        out_str(&s->out, "This evaluation has no session: nothing it sets is kept.\n");
+        return 0;
+    }
+    char idle[32];
+    format_duration(s->repl->cfg.idle_ms, idle, sizeof idle);
+    out_printf(&s->out,
+               "This session (%.8s...) is also closed after %s idle, or for a new one when %zu "
+               "are open and it is the longest idle.\n",
+               s->id, idle, s->repl->cfg.max_sessions);
     return 0;
 }
 
 static int f_print(lua_State *L)
 {
-    sl_repl_t *r = repl_of(L);
+    session_t *s = session_of(L);
     int n = lua_gettop(L);
     for (int i = 1; i <= n; i++) {
         size_t len;
-        const char *s = luaL_tolstring(L, i, &len);
+        const char *text = luaL_tolstring(L, i, &len);
         if (i > 1)
-            out_add(&r->out, "\t", 1);
-        out_add(&r->out, s, len);
+            out_add(&s->out, "\t", 1);
+        out_add(&s->out, text, len);
         lua_pop(L, 1);
     }
-    out_add(&r->out, "\n", 1);
+    out_add(&s->out, "\n", 1);
+    return 0;
+}
+
+/* The state cannot be closed while it runs: the evaluation swaps it once the chunk ends. */
+static int f_reset(lua_State *L)
+{
+    session_t *s = session_of(L);
+    if (lua_gettop(L) != 0)
+        return luaL_error(L, "reset() takes no arguments");
+    if (s->id[0] == '\0') {
+        out_str(&s->out, "reset(): nothing to reset: an evaluation without a session "
+                         "always starts from a fresh state\n");
+        return 0;
+    }
+    s->reset_requested = 1;
     return 0;
 }
 
 static int setup_protected(lua_State *L)
 {
-    sl_repl_t *r = lua_touserdata(L, 1);
+    session_t *s = lua_touserdata(L, 1);
     lua_settop(L, 0);
     lua_pushglobaltable(L);
     static const luaL_Reg globals[] = {
         {"nodes", f_nodes}, {"node", f_node}, {"changefeeds", f_changefeeds},
         {"operators", f_operators}, {"help", f_help}, {"print", f_print}, {"log", f_print},
-        {NULL, NULL},
+        {"reset", f_reset}, {NULL, NULL},
     };
     static const luaL_Reg drain[] = {
         {"status", f_drain_status}, {"plan", f_drain_plan}, {"start", f_drain_start},
@@ -1010,17 +1089,179 @@ static int setup_protected(lua_State *L)
     static const luaL_Reg policy[] = {
         {"info", f_policy_info}, {"reload", f_policy_reload}, {NULL, NULL},
     };
-    lua_pushlightuserdata(L, r);
+    lua_pushlightuserdata(L, s);
     luaL_setfuncs(L, globals, 1);
     lua_newtable(L);
-    lua_pushlightuserdata(L, r);
+    lua_pushlightuserdata(L, s);
     luaL_setfuncs(L, drain, 1);
     lua_setfield(L, 1, "drain");
     lua_newtable(L);
-    lua_pushlightuserdata(L, r);
+    lua_pushlightuserdata(L, s);
     luaL_setfuncs(L, policy, 1);
     lua_setfield(L, 1, "policy");
     return 0;
+}
+
+/* ---- sessions ------------------------------------------------------------------------- */
+
+static uint64_t mono_ms(void *arg)
+{
+    (void)arg;
+    return mono_ns() / 1000000u;
+}
+
+static uint64_t session_clock(const sl_repl_t *r)
+{
+    return r->cfg.clock_ms(r->cfg.clock_arg);
+}
+
+/* A sandbox with the REPL's functions bound to `s`. Returns 0 or a code with err set. */
+static int sandbox_build(session_t *s, sl_sandbox_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    sl_sandbox_t *sb = calloc(1, sizeof *sb);
+    if (sb == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return SL_ENOMEM;
+    }
+    char msg[SL_ERRMSG_MAX];
+    int rc = sl_policy_sandbox_open(sb, s->repl->mem_cap, "repl", msg, sizeof msg);
+    if (rc != 0) {
+        snprintf(err, errlen, "%s", msg);
+        free(sb);
+        return rc;
+    }
+    lua_State *L = sb->L;
+    sl_policy_sandbox_arm(sb, "setup", 1000);
+    lua_pushcfunction(L, setup_protected);
+    lua_pushlightuserdata(L, s);
+    int status = lua_pcall(L, 1, 0, 0);
+    sl_policy_sandbox_disarm(sb);
+    if (status != LUA_OK) {
+        snprintf(err, errlen, "setup: %s",
+                 lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "unknown error");
+        sl_policy_sandbox_close(sb);
+        free(sb);
+        return SL_ENOMEM;
+    }
+    lua_settop(L, 0);
+    *out = sb;
+    return 0;
+}
+
+static void sandbox_destroy(sl_sandbox_t *sb)
+{
+    if (sb == NULL)
+        return;
+    sl_policy_sandbox_close(sb);
+    free(sb);
+}
+
+static int session_create(sl_repl_t *r, const char *id, session_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    session_t *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return SL_ENOMEM;
+    }
+    s->repl = r;
+    snprintf(s->id, sizeof s->id, "%s", id ? id : "");
+    int rc = sandbox_build(s, &s->sb, err, errlen);
+    if (rc != 0) {
+        free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+static void session_destroy(session_t *s)
+{
+    if (s == NULL)
+        return;
+    sandbox_destroy(s->sb);
+    free(s->out.s);
+    free(s);
+}
+
+/* reset(): the new state is built beside the old one, so a failure keeps the old. */
+static int session_rebuild(session_t *s, char *err, size_t errlen)
+{
+    sl_sandbox_t *fresh;
+    int rc = sandbox_build(s, &fresh, err, errlen);
+    if (rc != 0)
+        return rc;
+    sandbox_destroy(s->sb);
+    s->sb = fresh;
+    return 0;
+}
+
+static session_t *session_find(const sl_repl_t *r, const char *id, size_t *at)
+{
+    for (size_t i = 0; i < r->nsessions; i++)
+        if (strcmp(r->sessions[i]->id, id) == 0) {
+            if (at)
+                *at = i;
+            return r->sessions[i];
+        }
+    return NULL;
+}
+
+static void session_remove(sl_repl_t *r, size_t i, gone_t why)
+{
+    session_t *s = r->sessions[i];
+    snprintf(r->gone[r->gone_next].id, sizeof r->gone[r->gone_next].id, "%s", s->id);
+    r->gone[r->gone_next].why = why;
+    r->gone_next = (r->gone_next + 1) % REPL_GONE_REMEMBERED;
+    memmove(&r->sessions[i], &r->sessions[i + 1], (r->nsessions - i - 1) * sizeof *r->sessions);
+    r->nsessions--;
+    session_destroy(s);
+}
+
+/* The open session unused the longest (the first opened among equals). */
+static size_t session_longest_idle(const sl_repl_t *r)
+{
+    size_t best = 0;
+    for (size_t i = 1; i < r->nsessions; i++)
+        if (r->sessions[i]->last_used_ms < r->sessions[best]->last_used_ms)
+            best = i;
+    return best;
+}
+
+/* 128 bits from the kernel: an id another client cannot guess or collide with. */
+static int random_id(char id[SL_REPL_ID_SIZE])
+{
+    unsigned char raw[SL_REPL_ID_LEN / 2];
+    size_t got = 0;
+    while (got < sizeof raw) {
+        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return SL_EIO;
+        }
+        got += (size_t)n;
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof raw; i++) {
+        id[2 * i] = hex[raw[i] >> 4];
+        id[2 * i + 1] = hex[raw[i] & 15];
+    }
+    id[SL_REPL_ID_LEN] = '\0';
+    return 0;
+}
+
+static void format_duration(uint64_t ms, char *out, size_t len)
+{
+    if (ms % 3600000u == 0)
+        snprintf(out, len, "%" PRIu64 " h", ms / 3600000u);
+    else if (ms % 60000u == 0)
+        snprintf(out, len, "%" PRIu64 " min", ms / 60000u);
+    else if (ms % 1000u == 0)
+        snprintf(out, len, "%" PRIu64 " s", ms / 1000u);
+    else
+        snprintf(out, len, "%" PRIu64 " ms", ms);
 }
 
 int sl_repl_new(sl_core_t *core, sl_policy_registry_t *reg, const sl_repl_ops_t *ops,
@@ -1043,27 +1284,23 @@ int sl_repl_new(sl_core_t *core, sl_policy_registry_t *reg, const sl_repl_ops_t 
     }
     r->ops.coordinator_node = NULL; /* the copy above is used */
     r->budget_ms = lim && lim->call_budget_ms ? lim->call_budget_ms : d.call_budget_ms;
-    size_t cap = lim && lim->memory_bytes ? lim->memory_bytes : d.memory_bytes;
-    char msg[SL_ERRMSG_MAX];
-    int rc = sl_policy_sandbox_open(&r->sb, cap, "repl", msg, sizeof msg);
+    r->mem_cap = lim && lim->memory_bytes ? lim->memory_bytes : d.memory_bytes;
+    int rc = sl_repl_configure_sessions(r, NULL);
     if (rc != 0) {
-        snprintf(err, errlen, "repl: %s", msg);
-        free(r);
+        snprintf(err, errlen, "repl: out of memory");
+        sl_repl_free(r);
         return rc;
     }
-    lua_State *L = r->sb.L;
-    sl_policy_sandbox_arm(&r->sb, "setup", 1000);
-    lua_pushcfunction(L, setup_protected);
-    lua_pushlightuserdata(L, r);
-    int status = lua_pcall(L, 1, 0, 0);
-    sl_policy_sandbox_disarm(&r->sb);
-    if (status != LUA_OK) {
-        snprintf(err, errlen, "repl: setup: %s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
-        sl_policy_sandbox_close(&r->sb);
-        free(r);
-        return SL_ENOMEM;
+    /* one state built and closed now: a cap too small is said at start, not to the
+     * first operator */
+    session_t *probe = NULL;
+    char msg[SL_ERRMSG_MAX];
+    if ((rc = session_create(r, NULL, &probe, msg, sizeof msg)) != 0) {
+        snprintf(err, errlen, "repl: %s", msg);
+        sl_repl_free(r);
+        return rc;
     }
-    lua_settop(L, 0);
+    session_destroy(probe);
     *out = r;
     return 0;
 }
@@ -1072,9 +1309,125 @@ void sl_repl_free(sl_repl_t *r)
 {
     if (r == NULL)
         return;
-    sl_policy_sandbox_close(&r->sb);
-    free(r->out.s);
+    for (size_t i = 0; i < r->nsessions; i++)
+        session_destroy(r->sessions[i]);
+    free(r->sessions);
     free(r);
+}
+
+int sl_repl_configure_sessions(sl_repl_t *r, const sl_repl_sessions_config_t *cfg)
+{
+    sl_repl_sessions_config_t c = {0, 0, NULL, NULL};
+    if (cfg)
+        c = *cfg;
+    if (c.max_sessions == 0)
+        c.max_sessions = SL_REPL_SESSIONS_DEFAULT;
+    if (c.max_sessions > SL_REPL_SESSIONS_LIMIT)
+        return SL_EINVAL;
+    if (c.idle_ms == 0)
+        c.idle_ms = SL_REPL_IDLE_MS_DEFAULT;
+    if (c.clock_ms == NULL) {
+        c.clock_ms = mono_ms;
+        c.clock_arg = NULL;
+    }
+    if (r->sessions == NULL || c.max_sessions != r->cfg.max_sessions) {
+        int growing = r->sessions == NULL || c.max_sessions > r->cfg.max_sessions;
+        while (r->nsessions > c.max_sessions) /* before the array shrinks under them */
+            session_remove(r, session_longest_idle(r), GONE_EVICTED);
+        session_t **arr = realloc(r->sessions, c.max_sessions * sizeof *arr);
+        if (arr == NULL && growing)
+            return SL_ENOMEM;
+        if (arr != NULL) /* else a smaller array could not be had: the larger one serves */
+            r->sessions = arr;
+    }
+    r->cfg = c;
+    return 0;
+}
+
+size_t sl_repl_sweep(sl_repl_t *r)
+{
+    uint64_t now = session_clock(r);
+    size_t closed = 0;
+    for (size_t i = 0; i < r->nsessions;) {
+        uint64_t used = r->sessions[i]->last_used_ms;
+        if (now > used && now - used > r->cfg.idle_ms) {
+            session_remove(r, i, GONE_IDLE);
+            closed++;
+        } else {
+            i++;
+        }
+    }
+    return closed;
+}
+
+int sl_repl_session_open(sl_repl_t *r, char id[SL_REPL_ID_SIZE], char *err, size_t errlen)
+{
+    id[0] = '\0';
+    sl_repl_sweep(r);
+    char fresh[SL_REPL_ID_SIZE];
+    do {
+        if (random_id(fresh) != 0) {
+            snprintf(err, errlen, "no random bytes for a session id: %s", strerror(errno));
+            return SL_EIO;
+        }
+    } while (session_find(r, fresh, NULL) != NULL);
+    session_t *s;
+    char msg[SL_ERRMSG_MAX];
+    int rc = session_create(r, fresh, &s, msg, sizeof msg);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot open a REPL session: %s", msg);
+        return rc;
+    }
+    if (r->nsessions == r->cfg.max_sessions)
+        session_remove(r, session_longest_idle(r), GONE_EVICTED);
+    s->last_used_ms = session_clock(r);
+    r->sessions[r->nsessions++] = s;
+    memcpy(id, fresh, SL_REPL_ID_SIZE);
+    return 0;
+}
+
+int sl_repl_session_close(sl_repl_t *r, const char *id)
+{
+    size_t at;
+    if (id == NULL || session_find(r, id, &at) == NULL)
+        return SL_ENOENT;
+    session_remove(r, at, GONE_CLOSED);
+    return 0;
+}
+
+size_t sl_repl_session_count(const sl_repl_t *r)
+{
+    return r->nsessions;
+}
+
+void sl_repl_session_gone(const sl_repl_t *r, const char *id, char *out, size_t outlen)
+{
+    char idle[32];
+    format_duration(r->cfg.idle_ms, idle, sizeof idle);
+    const char *shown = id && strlen(id) == SL_REPL_ID_LEN ? id : "(malformed id)";
+    gone_t why = 0;
+    for (size_t i = 0; id && i < REPL_GONE_REMEMBERED; i++)
+        if (r->gone[i].why && strcmp(r->gone[i].id, id) == 0)
+            why = r->gone[i].why; /* ids never repeat: at most one entry matches */
+    switch (why) {
+    case GONE_IDLE:
+        snprintf(out, outlen, "REPL session %s was closed after %s idle", shown, idle);
+        break;
+    case GONE_EVICTED:
+        snprintf(out, outlen,
+                 "REPL session %s was closed to make room for a newer one (at most %zu are "
+                 "open; the longest idle goes first)",
+                 shown, r->cfg.max_sessions);
+        break;
+    case GONE_CLOSED:
+        snprintf(out, outlen, "REPL session %s was closed by its client", shown);
+        break;
+    default:
+        snprintf(out, outlen,
+                 "no REPL session %s (sessions close after %s idle or when the coordinator "
+                 "restarts)",
+                 shown, idle);
+    }
 }
 
 /* ---- completion ----------------------------------------------------------------------- */
@@ -1167,18 +1520,16 @@ static int complete_protected(lua_State *L)
     return 0;
 }
 
-int sl_repl_complete(sl_repl_t *r, const char *prefix, char ***matches, size_t *n)
+static int session_complete(session_t *s, const char *prefix, char ***matches, size_t *n)
 {
-    *matches = NULL;
-    *n = 0;
     complete_t c = {prefix ? prefix : "", NULL, 0, 0, 0};
-    lua_State *L = r->sb.L;
+    lua_State *L = s->sb->L;
     lua_settop(L, 0);
-    sl_policy_sandbox_arm(&r->sb, "completion", r->budget_ms);
+    sl_policy_sandbox_arm(s->sb, "completion", s->repl->budget_ms);
     lua_pushcfunction(L, complete_protected);
     lua_pushlightuserdata(L, &c);
     int status = lua_pcall(L, 1, 0, 0);
-    sl_policy_sandbox_disarm(&r->sb);
+    sl_policy_sandbox_disarm(s->sb);
     lua_settop(L, 0);
     if (status != LUA_OK || c.oom) {
         sl_repl_matches_free(c.m, c.n);
@@ -1191,6 +1542,61 @@ int sl_repl_complete(sl_repl_t *r, const char *prefix, char ***matches, size_t *
     return 0;
 }
 
+/* The session `id` names, touched (it is in use now), or a fresh one-shot when id is
+ * NULL. Returns 0, SL_ENOENT, or SL_ENOMEM. */
+static int session_for_request(sl_repl_t *r, const char *id, session_t **out)
+{
+    *out = NULL;
+    sl_repl_sweep(r);
+    if (id == NULL) {
+        char err[SL_ERRMSG_MAX];
+        return session_create(r, NULL, out, err, sizeof err) == 0 ? 0 : SL_ENOMEM;
+    }
+    session_t *s = session_find(r, id, NULL);
+    if (s == NULL)
+        return SL_ENOENT;
+    s->last_used_ms = session_clock(r);
+    *out = s;
+    return 0;
+}
+
+/* Idle time counts from the end of a request, not its start. */
+static void session_after_request(sl_repl_t *r, session_t *s)
+{
+    if (s->id[0])
+        s->last_used_ms = session_clock(r);
+    else
+        session_destroy(s);
+}
+
+int sl_repl_eval(sl_repl_t *r, const char *session, const char *chunk, char **output,
+                 int *incomplete)
+{
+    *output = NULL;
+    *incomplete = 0;
+    session_t *s;
+    int rc = session_for_request(r, session, &s);
+    if (rc != 0)
+        return rc;
+    rc = session_eval(s, chunk, output, incomplete);
+    session_after_request(r, s);
+    return rc;
+}
+
+int sl_repl_complete(sl_repl_t *r, const char *session, const char *prefix, char ***matches,
+                     size_t *n)
+{
+    *matches = NULL;
+    *n = 0;
+    session_t *s;
+    int rc = session_for_request(r, session, &s);
+    if (rc != 0)
+        return rc;
+    rc = session_complete(s, prefix, matches, n);
+    session_after_request(r, s);
+    return rc;
+}
+
 void sl_repl_matches_free(char **matches, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -1200,29 +1606,116 @@ void sl_repl_matches_free(char **matches, size_t n)
 
 /* ---- HTTP ------------------------------------------------------------------------------- */
 
+static int is_session_id(const char *s)
+{
+    if (strlen(s) != SL_REPL_ID_LEN)
+        return 0;
+    for (const char *p = s; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return 0;
+    return 1;
+}
+
+/* The "session" field: absent (*id NULL), "new" (*open 1) or a well-formed id. Returns 0,
+ * or -1 with a 400 answered. */
+static int session_field(json_t *body, int allow_new, const char **id, int *open,
+                         sl_http_response_t *res)
+{
+    *id = NULL;
+    *open = 0;
+    json_t *v = json_object_get(body, "session");
+    if (v == NULL || json_is_null(v))
+        return 0;
+    const char *s = json_string_value(v);
+    if (s && allow_new && strcmp(s, "new") == 0) {
+        *open = 1;
+        return 0;
+    }
+    if (s && is_session_id(s)) {
+        *id = s;
+        return 0;
+    }
+    sl_http_respond_error(res, 400, "INVALID_ARGUMENT",
+                          "\"session\" must be %sthe id (%d hex digits) an earlier answer gave",
+                          allow_new ? "\"new\" or " : "", SL_REPL_ID_LEN);
+    return -1;
+}
+
+/* The API's error shape, plus "reason" (why alone) for a client that opens another
+ * session by itself and only wants to say why. */
+static void respond_gone(sl_repl_t *r, const char *id, sl_http_response_t *res)
+{
+    char why[SL_ERRMSG_MAX], msg[SL_ERRMSG_MAX + 64];
+    sl_repl_session_gone(r, id, why, sizeof why);
+    snprintf(msg, sizeof msg, "%s; open another with \"session\": \"new\"", why);
+    sl_http_respond_json(res, 404, json_pack("{s:s,s:s,s:s}", "error_code", "SESSION_NOT_FOUND",
+                                             "error_msg", msg, "reason", why));
+}
+
 void sl_repl_http_eval(void *repl, const sl_http_request_t *req, sl_http_response_t *res)
 {
     sl_repl_t *r = repl;
     json_t *body = sl_http_body_json(req, res);
     if (body == NULL)
         return;
+    const char *id;
+    int open;
+    if (session_field(body, 1, &id, &open, res) != 0)
+        goto done;
     json_t *code = json_object_get(body, "code");
+    json_t *close_field = json_object_get(body, "close");
+    if (close_field != NULL && !json_is_boolean(close_field)) {
+        sl_http_respond_error(res, 400, "INVALID_ARGUMENT", "\"close\" must be true or false");
+        goto done;
+    }
+    if (json_is_true(close_field)) {
+        if (id == NULL || code != NULL) {
+            sl_http_respond_error(res, 400, "INVALID_ARGUMENT",
+                                  "want {\"session\": \"<id>\", \"close\": true} and no code");
+            goto done;
+        }
+        if (sl_repl_session_close(r, id) != 0)
+            respond_gone(r, id, res);
+        else
+            sl_http_respond_json(res, 200, json_pack("{s:s,s:b}", "session", id, "closed", 1));
+        goto done;
+    }
     if (!json_is_string(code)) {
-        json_decref(body);
-        sl_http_respond_error(res, 400, "INVALID_ARGUMENT", "want {\"code\": \"<Lua>\"}");
-        return;
+        sl_http_respond_error(res, 400, "INVALID_ARGUMENT",
+                              "want {\"code\": \"<Lua>\", \"session\": \"new\" | \"<id>\"}");
+        goto done;
+    }
+    char opened[SL_REPL_ID_SIZE];
+    if (open) {
+        char err[SL_ERRMSG_MAX];
+        int rc = sl_repl_session_open(r, opened, err, sizeof err);
+        if (rc != 0) {
+            sl_http_respond_error(res, 500, "INTERNAL", "%s", err);
+            goto done;
+        }
+        id = opened;
     }
     char *output = NULL;
     int incomplete = 0;
-    int rc = sl_repl_eval(r, json_string_value(code), &output, &incomplete);
-    json_decref(body);
-    if (output == NULL) {
-        sl_http_respond_error(res, 500, "INTERNAL", "the REPL ran out of memory");
-        return;
+    int rc = sl_repl_eval(r, id, json_string_value(code), &output, &incomplete);
+    if (rc == SL_ENOENT) {
+        respond_gone(r, id, res);
+        goto done;
     }
-    sl_http_respond_json(res, 200, json_pack("{s:s,s:b,s:b}", "output", output, "incomplete",
-                                             incomplete, "error", rc == SL_EPOLICY));
+    if (output == NULL) {
+        if (open) /* its id never reaches the client: do not let it wait for the idle limit */
+            sl_repl_session_close(r, id);
+        sl_http_respond_error(res, 500, "INTERNAL", "the REPL ran out of memory");
+        goto done;
+    }
+    json_t *answer = json_pack("{s:s,s:b,s:b}", "output", output, "incomplete", incomplete,
+                               "error", rc == SL_EPOLICY);
+    if (answer && id)
+        json_object_set_new(answer, "session", json_string(id));
+    sl_http_respond_json(res, 200, answer);
     free(output);
+done:
+    json_decref(body);
 }
 
 void sl_repl_http_complete(void *repl, const sl_http_request_t *req, sl_http_response_t *res)
@@ -1231,19 +1724,26 @@ void sl_repl_http_complete(void *repl, const sl_http_request_t *req, sl_http_res
     json_t *body = sl_http_body_json(req, res);
     if (body == NULL)
         return;
+    const char *id;
+    int open;
+    if (session_field(body, 0, &id, &open, res) != 0)
+        goto done;
     json_t *prefix = json_object_get(body, "prefix");
     if (!json_is_string(prefix)) {
-        json_decref(body);
-        sl_http_respond_error(res, 400, "INVALID_ARGUMENT", "want {\"prefix\": \"<text>\"}");
-        return;
+        sl_http_respond_error(res, 400, "INVALID_ARGUMENT",
+                              "want {\"prefix\": \"<text>\", \"session\": \"<id>\"}");
+        goto done;
     }
     char **m = NULL;
     size_t n = 0;
-    int rc = sl_repl_complete(r, json_string_value(prefix), &m, &n);
-    json_decref(body);
+    int rc = sl_repl_complete(r, id, json_string_value(prefix), &m, &n);
+    if (rc == SL_ENOENT) {
+        respond_gone(r, id, res);
+        goto done;
+    }
     if (rc != 0) {
         sl_http_respond_error(res, 500, "INTERNAL", "the REPL ran out of memory");
-        return;
+        goto done;
     }
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) {
@@ -1254,4 +1754,6 @@ void sl_repl_http_complete(void *repl, const sl_http_request_t *req, sl_http_res
     }
     sl_repl_matches_free(m, n);
     sl_http_respond_json(res, 200, json_pack("{s:o}", "matches", arr));
+done:
+    json_decref(body);
 }

@@ -1,6 +1,9 @@
 /* repl_test.c — the REPL's evaluation engine (R1) against a real core: expressions,
  * tables, several results, errors, incomplete chunks, the budget and the memory cap,
- * the inspection and steering functions, completion, and the HTTP handlers. */
+ * the inspection and steering functions, completion, the HTTP handlers, and sessions:
+ * isolation, the cap, idle expiry (on an injected clock, never a sleep), unknown ids,
+ * reset(), and the `sluice repl` client recovering from an expired session. */
+#include <stdatomic.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -24,6 +27,13 @@
 
 static sl_core_t *core;
 static sl_repl_t *repl;
+static char sid[SL_REPL_ID_SIZE]; /* the session ev() evaluates in */
+static _Atomic uint64_t fake_now = 1000000; /* the sessions' clock; the server thread reads it */
+
+static uint64_t fake_clock(void *arg)
+{
+    return atomic_load(&fake_now);
+}
 static int starts, cancels;
 static const char *cfs[] = {"cf1", "cf2", NULL};
 
@@ -56,7 +66,7 @@ static int last_incomplete;
 static int ev(const char *code)
 {
     char *out = NULL;
-    int rc = sl_repl_eval(repl, code, &out, &last_incomplete);
+    int rc = sl_repl_eval(repl, sid, code, &out, &last_incomplete);
     snprintf(last, sizeof last, "%s", out ? out : "(null)");
     free(out);
     return rc;
@@ -117,7 +127,7 @@ static int complete_is(const char *prefix, const char *a, const char *b)
 {
     char **m = NULL;
     size_t n = 0;
-    int rc = sl_repl_complete(repl, prefix, &m, &n);
+    int rc = sl_repl_complete(repl, sid, prefix, &m, &n);
     int ok = rc == 0 && n == (b ? 2u : a ? 1u : 0u) && (!a || !strcmp(m[0], a)) &&
              (!b || !strcmp(m[1], b));
     if (!ok) {
@@ -147,6 +157,266 @@ static json_t *http_call(void (*h)(void *, const sl_http_request_t *, sl_http_re
     json_t *j = res.body ? json_loadb(res.body, res.body_len, 0, NULL) : NULL;
     free(res.body);
     return j;
+}
+
+/* ---- sessions --------------------------------------------------------------------------- */
+
+/* Evaluates in session `id` (NULL: one-shot); 1 when it answers `want` exactly. */
+static int ev_in_is(const char *id, const char *code, const char *want)
+{
+    char *out = NULL;
+    int incomplete;
+    int rc = sl_repl_eval(repl, id, code, &out, &incomplete);
+    int ok = rc == 0 && out && strcmp(out, want) == 0;
+    if (!ok)
+        printf("# eval in %s: %s\n#   got (rc %d): [%s]\n#   want: [%s]\n", id ? id : "(one-shot)",
+               code, rc, out ? out : "(null)", want);
+    free(out);
+    return ok;
+}
+
+static int eval_rc(const char *id, const char *code)
+{
+    char *out = NULL;
+    int incomplete;
+    int rc = sl_repl_eval(repl, id, code, &out, &incomplete);
+    free(out);
+    return rc;
+}
+
+static int gone_says(const char *id, const char *want)
+{
+    char why[512];
+    sl_repl_session_gone(repl, id, why, sizeof why);
+    if (strstr(why, want) == NULL) {
+        printf("# gone(%s): [%s], want [%s]\n", id, why, want);
+        return 0;
+    }
+    return 1;
+}
+
+static json_t *http_json(void (*h)(void *, const sl_http_request_t *, sl_http_response_t *),
+                         json_t *body, int *status)
+{
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    json_t *j = http_call(h, text ? text : "", status);
+    free(text);
+    return j;
+}
+
+static const char *error_code_of(json_t *j)
+{
+    const char *c = json_string_value(json_object_get(j, "error_code"));
+    return c ? c : "";
+}
+
+static void test_sessions(void)
+{
+    char err[512], a[SL_REPL_ID_SIZE], b[SL_REPL_ID_SIZE];
+    sl_repl_sessions_config_t sc = {4, 60000, fake_clock, NULL};
+    TAP_CHECK(sl_repl_configure_sessions(repl, &sc) == 0, "R1: sessions are configured");
+    atomic_fetch_add(&fake_now, 1); /* sid, used by the tests above, is the longest idle */
+    int rc = sl_repl_session_open(repl, a, err, sizeof err);
+    rc = rc || sl_repl_session_open(repl, b, err, sizeof err);
+    TAP_CHECK(rc == 0 && strcmp(a, b) != 0, "R1: two sessions, two ids");
+
+    /* isolation */
+    TAP_CHECK(ev_in_is(a, "secret = 42 local hidden = 1", "") && ev_in_is(b, "secret", "nil\n") &&
+                  ev_in_is(a, "secret", "42\n"),
+              "R1: a global set in one session is not seen by another");
+    TAP_CHECK(ev_in_is(b, "nodes = nil drain = 'mine'", "") && ev_in_is(a, "#nodes(), type(drain)", "3\ttable\n"),
+              "R1: replacing the REPL's functions in one session leaves another's alone");
+    TAP_CHECK(ev_in_is(NULL, "secret, drain.status().state", "nil\tnone\n"),
+              "R1: an evaluation without a session sees no session's globals");
+    size_t before = sl_repl_session_count(repl);
+    TAP_CHECK(ev_in_is(NULL, "oneshot = 1", "") && ev_in_is(NULL, "oneshot", "nil\n") &&
+                  sl_repl_session_count(repl) == before,
+              "R1: an evaluation without a session is one-shot and opens no session");
+    /* one session's runaway state does not reach another: memory and budget are its own */
+    /* 4 MiB each: a holds 1.5 MiB, so building another 1.5 MiB (3 MiB at its peak) fails
+     * there and succeeds in b */
+    TAP_CHECK(ev_in_is(a, "hog = ('x'):rep(3 << 19)", "") &&
+                  eval_rc(a, "hog2 = ('y'):rep(3 << 19)") == SL_EPOLICY &&
+                  ev_in_is(b, "#(('y'):rep(3 << 19))", "1572864\n"),
+              "R1: a session at its memory cap does not take another's memory");
+    TAP_CHECK(eval_rc(a, "while true do end") == SL_EPOLICY && ev_in_is(b, "'b fine'", "b fine\n") &&
+                  ev_in_is(a, "#hog", "1572864\n"),
+              "R1: a runaway loop in one session leaves another (and itself) usable");
+
+    /* reset() */
+    TAP_CHECK(ev_in_is(a, "reset()", "session reset: a fresh Lua state, every global and local gone\n") &&
+                  ev_in_is(a, "secret, hog", "nil\tnil\n") && ev_in_is(a, "#nodes()", "3\n"),
+              "R1: reset() starts the session afresh, with the REPL's functions");
+    TAP_CHECK(eval_rc(b, "reset(1)") == SL_EPOLICY && ev_in_is(b, "drain", "mine\n"),
+              "R1: reset() with an argument is an error and resets nothing");
+    TAP_CHECK(ev_in_is(NULL, "reset()",
+                       "reset(): nothing to reset: an evaluation without a session always starts "
+                       "from a fresh state\n"),
+              "R1: reset() without a session says there is nothing to reset");
+
+    /* unknown ids */
+    const char *unknown = "0123456789abcdef0123456789abcdef";
+    char *out = (char *)"x";
+    int incomplete;
+    rc = sl_repl_eval(repl, unknown, "1", &out, &incomplete);
+    TAP_CHECK(rc == SL_ENOENT && out == NULL, "R1: an unknown session id is SL_ENOENT");
+    TAP_CHECK(gone_says(unknown, "no REPL session 0123456789abcdef0123456789abcdef"),
+              "R1: ... and is said to be unknown");
+    char **m = NULL;
+    size_t n = 0;
+    TAP_CHECK(sl_repl_complete(repl, unknown, "no", &m, &n) == SL_ENOENT && m == NULL,
+              "R1: completion in an unknown session is SL_ENOENT");
+
+    /* the cap: opening one more closes the longest-idle */
+    char c[SL_REPL_ID_SIZE], d[SL_REPL_ID_SIZE], e[SL_REPL_ID_SIZE];
+    atomic_fetch_add(&fake_now, 10);
+    ev_in_is(a, "1", "1\n");
+    atomic_fetch_add(&fake_now, 10);
+    sl_repl_session_open(repl, c, err, sizeof err);
+    atomic_fetch_add(&fake_now, 10);
+    sl_repl_session_open(repl, d, err, sizeof err); /* 4 open: sid, a, b, c ... then d */
+    TAP_CHECK(sl_repl_session_count(repl) == 4, "R1: at most max_sessions are open");
+    TAP_CHECK(eval_rc(sid, "1") == SL_ENOENT && gone_says(sid, "closed to make room for a newer one (at most 4"),
+              "R1: the longest-idle session was closed to make room");
+    atomic_fetch_add(&fake_now, 10);
+    ev_in_is(b, "1", "1\n"); /* b used: a is now the longest idle */
+    atomic_fetch_add(&fake_now, 10);
+    sl_repl_session_open(repl, e, err, sizeof err);
+    TAP_CHECK(sl_repl_session_count(repl) == 4 && eval_rc(a, "1") == SL_ENOENT &&
+                  ev_in_is(b, "drain", "mine\n") && ev_in_is(c, "1", "1\n") && ev_in_is(d, "1", "1\n") &&
+                  ev_in_is(e, "1", "1\n"),
+              "R1: ... by when it was last used, not when it was opened");
+
+    /* idle expiry, on the injected clock */
+    sl_repl_sessions_config_t idle = {4, 1000, fake_clock, NULL};
+    sl_repl_configure_sessions(repl, &idle);
+    atomic_fetch_add(&fake_now, 1);
+    ev_in_is(b, "1", "1\n");
+    atomic_fetch_add(&fake_now, 1000); /* c, d, e: idle 1001 ms; b: 1000 ms */
+    TAP_CHECK(sl_repl_sweep(repl) == 3 && sl_repl_session_count(repl) == 1,
+              "R1: sessions idle past the limit are closed by a sweep; one used within it stays");
+    atomic_fetch_add(&fake_now, 1);
+    TAP_CHECK(eval_rc(b, "1") == SL_ENOENT && sl_repl_session_count(repl) == 0,
+              "R1: a session idle longer than the limit is closed when a request comes");
+    TAP_CHECK(gone_says(b, "was closed after 1 s idle") && gone_says(c, "closed after 1 s idle"),
+              "R1: ... and its id is said to have idled out");
+    TAP_CHECK(eval_rc(NULL, "1") == 0, "R1: ... and evaluations go on");
+    char fresh[SL_REPL_ID_SIZE];
+    sl_repl_session_open(repl, fresh, err, sizeof err);
+    rc = sl_repl_eval(repl, fresh, "help()", &out, &incomplete);
+    TAP_CHECK(rc == 0 && out && strstr(out, "reset()") && strstr(out, "closed after 1 s idle, or for a new one when 4"),
+              "R1: help() names reset() and the session's limits");
+    free(out);
+    sl_repl_session_close(repl, fresh);
+
+    /* close */
+    sl_repl_session_open(repl, a, err, sizeof err);
+    TAP_CHECK(sl_repl_session_close(repl, a) == 0 && sl_repl_session_close(repl, a) == SL_ENOENT &&
+                  gone_says(a, "closed by its client") && sl_repl_session_count(repl) == 0,
+              "R1: a session closed by its client is gone");
+
+    /* configuration */
+    sl_repl_sessions_config_t too_many = {SL_REPL_SESSIONS_LIMIT + 1, 0, fake_clock, NULL};
+    TAP_CHECK(sl_repl_configure_sessions(repl, &too_many) == SL_EINVAL,
+              "R1: more sessions than the limit is refused");
+    sl_repl_sessions_config_t two = {2, 60000, fake_clock, NULL};
+    sl_repl_configure_sessions(repl, &sc);
+    for (int i = 0; i < 4; i++) {
+        atomic_fetch_add(&fake_now, 1);
+        sl_repl_session_open(repl, i == 3 ? a : b, err, sizeof err);
+    }
+    TAP_CHECK(sl_repl_configure_sessions(repl, &two) == 0 && sl_repl_session_count(repl) == 2 &&
+                  eval_rc(a, "1") == 0,
+              "R1: lowering max_sessions closes the longest-idle ones");
+
+    /* over HTTP */
+    int status;
+    json_t *j = http_json(sl_repl_http_eval, json_pack("{s:s,s:s}", "code", "v = 7", "session", "new"), &status);
+    const char *id = json_string_value(json_object_get(j, "session"));
+    char h1[SL_REPL_ID_SIZE] = "";
+    if (id && strlen(id) == SL_REPL_ID_LEN)
+        memcpy(h1, id, sizeof h1);
+    TAP_CHECK(status == 200 && h1[0], "R1: POST /api/v2/repl with \"session\": \"new\" answers the new id");
+    json_decref(j);
+    j = http_json(sl_repl_http_eval, json_pack("{s:s,s:s}", "code", "v", "session", h1), &status);
+    TAP_CHECK(status == 200 && !strcmp(json_string_value(json_object_get(j, "output")), "7\n") &&
+                  !strcmp(json_string_value(json_object_get(j, "session")), h1),
+              "R1: ... and evaluates there when the id is sent back");
+    json_decref(j);
+    j = http_json(sl_repl_http_eval, json_pack("{s:s,s:s}", "code", "v", "session", "new"), &status);
+    TAP_CHECK(status == 200 && !strcmp(json_string_value(json_object_get(j, "output")), "nil\n"),
+              "R1: ... while another new session does not see its globals");
+    json_decref(j);
+    j = http_json(sl_repl_http_eval, json_pack("{s:s}", "code", "v"), &status);
+    TAP_CHECK(status == 200 && !strcmp(json_string_value(json_object_get(j, "output")), "nil\n") &&
+                  json_object_get(j, "session") == NULL,
+              "R1: without a session: one-shot, and no session in the answer");
+    json_decref(j);
+    j = http_json(sl_repl_http_complete, json_pack("{s:s,s:s}", "prefix", "v", "session", h1), &status);
+    int has_v = 0;
+    for (size_t i = 0; i < json_array_size(json_object_get(j, "matches")); i++)
+        has_v |= !strcmp(json_string_value(json_array_get(json_object_get(j, "matches"), i)), "v");
+    TAP_CHECK(status == 200 && has_v, "R1: completion in a session offers its globals");
+    json_decref(j);
+    j = http_json(sl_repl_http_eval, json_pack("{s:s,s:b}", "session", h1, "close", 1), &status);
+    TAP_CHECK(status == 200 && json_is_true(json_object_get(j, "closed")),
+              "R1: {\"session\": id, \"close\": true} closes it");
+    json_decref(j);
+    j = http_json(sl_repl_http_eval, json_pack("{s:s,s:s}", "code", "v", "session", h1), &status);
+    const char *msg = json_string_value(json_object_get(j, "error_msg"));
+    const char *reason = json_string_value(json_object_get(j, "reason"));
+    TAP_CHECK(status == 404 && !strcmp(error_code_of(j), "SESSION_NOT_FOUND") && msg &&
+                  strstr(msg, "closed by its client") && strstr(msg, "\"session\": \"new\"") &&
+                  reason && strstr(reason, "closed by its client") && !strstr(reason, "\"new\""),
+              "R1: a closed session id: 404 SESSION_NOT_FOUND, why, and what to do");
+    json_decref(j);
+    j = http_json(sl_repl_http_eval, json_pack("{s:s,s:s}", "code", "1", "session", unknown), &status);
+    TAP_CHECK(status == 404 && !strcmp(error_code_of(j), "SESSION_NOT_FOUND"),
+              "R1: an unknown session id: 404 SESSION_NOT_FOUND");
+    json_decref(j);
+    j = http_json(sl_repl_http_complete, json_pack("{s:s,s:s}", "prefix", "x", "session", unknown), &status);
+    TAP_CHECK(status == 404 && !strcmp(error_code_of(j), "SESSION_NOT_FOUND"),
+              "R1: completion in an unknown session: 404 SESSION_NOT_FOUND");
+    json_decref(j);
+    struct {
+        const char *body, *why;
+    } bad[] = {
+        {"{\"code\": \"1\", \"session\": 5}", "a number as session"},
+        {"{\"code\": \"1\", \"session\": \"zz\"}", "a malformed session id"},
+        {"{\"code\": \"1\", \"session\": \"0123456789ABCDEF0123456789ABCDEF\"}", "upper-case hex"},
+        {"{\"close\": true}", "close without a session"},
+        {"{\"close\": \"yes\", \"session\": \"new\"}", "close not a boolean"},
+        {"{\"close\": true, \"session\": \"new\"}", "close of \"new\""},
+        {"{\"close\": true, \"code\": \"1\", \"session\": \"0123456789abcdef0123456789abcdef\"}",
+         "close with code"},
+        {"{\"session\": \"new\"}", "a new session without code"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        j = http_call(sl_repl_http_eval, bad[i].body, &status);
+        char name[160];
+        snprintf(name, sizeof name, "R1: 400 INVALID_ARGUMENT for %s", bad[i].why);
+        TAP_CHECK(status == 400 && !strcmp(error_code_of(j), "INVALID_ARGUMENT"), name);
+        json_decref(j);
+    }
+    j = http_call(sl_repl_http_complete, "{\"prefix\": \"x\", \"session\": \"new\"}", &status);
+    TAP_CHECK(status == 400 && !strcmp(error_code_of(j), "INVALID_ARGUMENT"),
+              "R1: completion does not open sessions");
+    json_decref(j);
+    size_t open_now = sl_repl_session_count(repl);
+    for (int i = 0; i < 5; i++) {
+        j = http_json(sl_repl_http_eval, json_pack("{s:s,s:s}", "code", "1", "session", "new"), &status);
+        json_decref(j);
+    }
+    TAP_CHECK(open_now <= 2 && sl_repl_session_count(repl) == 2,
+              "R1: opening sessions over HTTP never goes past max_sessions");
+
+    /* none open for the client checks: they count the sessions the binary leaves */
+    sl_repl_sessions_config_t rest = {16, 60000, fake_clock, NULL};
+    sl_repl_configure_sessions(repl, &rest);
+    atomic_fetch_add(&fake_now, 60001);
+    sl_repl_sweep(repl);
+    TAP_CHECK(sl_repl_session_count(repl) == 0, "R1: a sweep after the idle limit closes every session");
 }
 
 /* ---- the REPL served over HTTP, on its own loop thread, for the client and the binary --- */
@@ -335,6 +605,14 @@ static void test_over_http(const char *dir)
               "R1: sluice repl with a piped stdin: expressions, multi-line, errors (exit 1)");
     if (!strstr(out, "alive"))
         printf("# output: %s\n", out);
+    TAP_CHECK(sl_repl_session_count(repl) == 0, "R1: sluice repl closes its session when its input ends");
+    char *argv_iso[] = {(char *)bin, "repl", "--server", where, "--token", TOKEN, NULL};
+    run_piped(argv_iso, "mine = 'first client'\nmine\n", out, sizeof out);
+    int first_sees = strstr(out, "first client") != NULL;
+    run_piped(argv_iso, "mine\n", out, sizeof out);
+    TAP_CHECK(first_sees && !strcmp(out, "nil\n"), "R1: a second sluice repl does not see the first one's globals");
+    if (strcmp(out, "nil\n"))
+        printf("# output: %s\n", out);
     char tcp[64];
     snprintf(tcp, sizeof tcp, "127.0.0.1:%d", srv.port);
     char *argv2[] = {(char *)bin, "repl", "--server", tcp, "--token", "nope", NULL};
@@ -383,6 +661,19 @@ static void test_over_http(const char *dir)
     pty_send(master, "'still here'\r");
     ok = ok && pty_expect(master, buf, sizeof buf, "still here");
     TAP_CHECK(ok, "R1: an error prints and the session goes on");
+    /* the session expires under the client: it opens another and says so */
+    buf[0] = '\0';
+    pty_send(master, "kept = 'yes'\r");
+    pty_send(master, "kept\r");
+    ok = pty_expect(master, buf, sizeof buf, "yes\r\n");
+    atomic_fetch_add(&fake_now, 60001);
+    buf[0] = '\0';
+    pty_send(master, "kept\r");
+    ok = ok && pty_expect(master, buf, sizeof buf, "session expired, new session started") &&
+         pty_expect(master, buf, sizeof buf, "nil\r\n");
+    TAP_CHECK(ok && strstr(buf, "closed after 1 min idle") != NULL,
+              "R1: an expired session: the client says so, opens another and evaluates there");
+    TAP_CHECK(sl_repl_session_count(repl) == 1, "R1: ... and the expired one is gone");
     pty_send(master, "\x04"); /* Ctrl-D */
     int status = -1;
     for (int i = 0; i < 50; i++) {
@@ -399,6 +690,7 @@ static void test_over_http(const char *dir)
         waitpid(pid, &status, 0);
     }
     TAP_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "R1: Ctrl-D exits 0");
+    TAP_CHECK(sl_repl_session_count(repl) == 0, "R1: ... and closes the session");
     close(master);
     char hist[200];
     snprintf(hist, sizeof hist, "%s/.sluice_history", dir);
@@ -452,6 +744,10 @@ int main(void)
         printf("# %s\n", err);
         return TAP_DONE();
     }
+    sl_repl_sessions_config_t sc = {0, 0, fake_clock, NULL};
+    rc = sl_repl_configure_sessions(repl, &sc) || sl_repl_session_open(repl, sid, err, sizeof err);
+    TAP_CHECK(rc == 0 && strlen(sid) == SL_REPL_ID_LEN && sl_repl_session_count(repl) == 1,
+              "R1: a session is opened, with a 32-hex-digit id");
 
     /* expressions, statements, globals */
     TAP_CHECK(ev_is("1 + 1", "2\n"), "R1: an expression prints without return");
@@ -613,6 +909,7 @@ int main(void)
               "R1: POST /api/v2/repl/complete");
     json_decref(j);
 
+    test_sessions();
     test_over_http(dir);
 
     sl_repl_free(repl);
