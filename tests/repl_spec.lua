@@ -2,8 +2,8 @@
 -- live policy (P4): a scripted session (expressions, multi-line chunks, an error and the
 -- session going on, nodes()), the data directory's socket and token, the completion
 -- route, a runaway loop stopped by the budget while the coordinator keeps answering, a
--- terminal session through `script`'s pseudo-terminal (a session closed under the
--- client); per-client sessions (globals not shared, one-shot
+-- terminal session through `script`'s pseudo-terminal (Ctrl-C dropping the input, a
+-- session closed under the client); per-client sessions (globals not shared, one-shot
 -- without a session, SESSION_NOT_FOUND for an unknown id); a policy saved into the policy
 -- directory going live (rename-over save too), a broken one kept out with file:line.
 -- The coordinator serves POST /api/v2/repl and watches its policy directory (GET
@@ -130,6 +130,21 @@ describe("REPL (R1) and hot reload (P4) against a running coordinator", function
     assert.truthy(out:match("sluice> "), out)
     assert.truthy(out:match("   %.%.%.> "), out)
     assert.truthy(out:match("typed"), out)
+  end)
+
+  it("R1: Ctrl-C in the terminal drops the line and any continuation, then a fresh prompt", function()
+    if not ok then return pending(why) end
+    if not run("command -v script >/dev/null 2>&1") then return pending("no script(1)") end
+    -- a continuation dropped: had it stayed, the next line would only continue `function g()`;
+    -- a half-typed line dropped: had it stayed, `abc1 + 1` would be an error
+    local out, code = terminal({ "function g()\\n", "\\003", "'after' .. ' ctrl-c'\\n",
+      "abc", "\\003", "1 + 1\\n", "\\004" })
+    assert.are.equal(0, code, out) -- still running until Ctrl-D, which exits 0
+    assert.truthy(out:match("after ctrl%-c\r?\n"), out)
+    assert.truthy(out:match("\n2\r?\n"), out)
+    assert.falsy(out:match("error"), out)
+    local prompts = select(2, out:gsub("sluice> ", ""))
+    assert.is_true(prompts >= 5, out) -- a fresh prompt after each Ctrl-C
   end)
 
   it("R1: a session closed under the terminal client: it says so and goes on in a new one", function()

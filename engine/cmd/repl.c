@@ -6,7 +6,8 @@
  * DIR/token when a data directory is known, else TCP with the token. On a terminal:
  * libedit line editing, prompt `sluice> ` and `   ...> ` while a chunk continues,
  * history in ~/.sluice_history, tab completion through POST /api/v2/repl/complete,
- * Ctrl-D exits. With stdin not a terminal: lines are read, evaluated and
+ * Ctrl-C drops the line and any continuation and prompts again (as psql does),
+ * Ctrl-D on an empty line exits. With stdin not a terminal: lines are read, evaluated and
  * printed without prompts (scripts, tests); the exit status is 1 when an evaluation failed.
  *
  * Sessions (repl.h): the first request asks for a new session and every later one names
@@ -15,6 +16,7 @@
  * expired, new session started" and evaluates the chunk there. The session is closed on
  * exit. A coordinator that does not know sessions is still served (one shared state). */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +37,7 @@ static struct {
 } conn;
 static json_t *cached_matches;
 static size_t completion_next;
+static volatile sig_atomic_t interrupted; /* Ctrl-C since the prompt was shown */
 
 static void usage(FILE *to)
 {
@@ -44,7 +47,7 @@ static void usage(FILE *to)
           "  drain.status([id]), drain.plan(id), policy.info(); drain.start(id),\n"
           "  drain.cancel(id), policy.reload(); reset() starts the session afresh.\n"
           "  Each run has a session of its own: its globals are not seen by others.\n"
-          "  Tab completes; Ctrl-D exits.\n",
+          "  Tab completes; Ctrl-C drops the input typed so far; Ctrl-D exits.\n",
           to);
 }
 
@@ -223,6 +226,12 @@ static int run_script(void)
     return failed;
 }
 
+static void on_sigint(int signo)
+{
+    (void)signo;
+    interrupted = 1;
+}
+
 static int run_terminal(const char *how)
 {
     char history[1024] = "";
@@ -237,12 +246,36 @@ static int run_terminal(const char *how)
     rl_completer_word_break_characters = breaks;
     rl_attempted_completion_function = attempt_completion;
     rl_completion_append_character = '\0';
-    printf("sluice REPL on %s (%s). help() lists the functions; Ctrl-D exits.\n",
+    /* Ctrl-C must not end the process. libedit keeps its own signal handling (it puts the
+     * terminal back for Ctrl-Z, SIGTERM, ...) and, for SIGINT, hands on to the handler it
+     * found installed: this one, which only notes it. Without SA_RESTART the signal
+     * interrupts libedit's read, readline returns NULL, and `interrupted` tells that apart
+     * from Ctrl-D. */
+    struct sigaction sa, old_sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_sa);
+    sigset_t sigint;
+    sigemptyset(&sigint);
+    sigaddset(&sigint, SIGINT);
+    printf("sluice REPL on %s (%s). help() lists the functions; Ctrl-C drops the line, "
+           "Ctrl-D exits.\n",
            conn.client->server, how);
     char *chunk = NULL;
     size_t len = 0;
     for (;;) {
+        interrupted = 0;
         char *line = readline(len ? PROMPT_MORE : PROMPT);
+        if (line == NULL && interrupted) {
+            /* Ctrl-C: drop the line and the chunk it continued; a fresh prompt */
+            fputc('\n', stdout);
+            fflush(stdout);
+            free(chunk);
+            chunk = NULL;
+            len = 0;
+            continue;
+        }
         if (line == NULL) { /* Ctrl-D */
             fputc('\n', stdout);
             break;
@@ -255,7 +288,11 @@ static int run_terminal(const char *how)
         free(line);
         if (!ok)
             break;
+        /* the chunk is already on its way: a Ctrl-C now waits for its answer (bounded by
+         * the coordinator's budget and the client's timeout) instead of hiding it */
+        sigprocmask(SIG_BLOCK, &sigint, NULL);
         int r = evaluate(chunk);
+        sigprocmask(SIG_UNBLOCK, &sigint, NULL);
         if (r == 1)
             continue;
         add_history(chunk);
@@ -266,6 +303,7 @@ static int run_terminal(const char *how)
         len = 0;
     }
     free(chunk);
+    sigaction(SIGINT, &old_sa, NULL);
     if (cached_matches)
         json_decref(cached_matches);
     cached_matches = NULL;

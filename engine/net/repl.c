@@ -1020,7 +1020,7 @@ static const char help_text[] =
     "\n"
     "Your globals are your own: every `sluice repl` has a session of its own, closed when\n"
     "it exits. Tab completes names; a line that does not finish a statement continues on\n"
-    "the next.\n";
+    "the next; Ctrl-C drops the input typed so far.\n";
 
 static void format_duration(uint64_t ms, char *out, size_t len);
 

@@ -661,6 +661,18 @@ static void test_over_http(const char *dir)
     pty_send(master, "'still here'\r");
     ok = ok && pty_expect(master, buf, sizeof buf, "still here");
     TAP_CHECK(ok, "R1: an error prints and the session goes on");
+    /* Ctrl-C drops a half-typed line and a pending continuation */
+    buf[0] = '\0';
+    pty_send(master, "function k()\r");
+    ok = pty_expect(master, buf, sizeof buf, "   ...> ");
+    buf[0] = '\0';
+    pty_send(master, "return 1");
+    pty_send(master, "\x03");
+    ok = ok && pty_expect(master, buf, sizeof buf, "sluice> ");
+    pty_send(master, "'after' .. ' ctrl-c'\r");
+    ok = ok && pty_expect(master, buf, sizeof buf, "after ctrl-c\r\n");
+    TAP_CHECK(ok && waitpid(pid, NULL, WNOHANG) == 0,
+              "R1: Ctrl-C drops the input and the continuation, a fresh prompt, the session goes on");
     /* the session expires under the client: it opens another and says so */
     buf[0] = '\0';
     pty_send(master, "kept = 'yes'\r");
