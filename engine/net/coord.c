@@ -838,6 +838,7 @@ static void on_tick(uv_timer_t *t)
     sl_coord_t *c = t->data;
     uint64_t now = now_ms(c);
     sl_core_tick(c->core, now);
+    if (c->repl) sl_repl_sweep(c->repl); /* R1: idle REPL sessions are closed on time */
     for (conn_t *k = c->conns, *next; k; k = next) {
         next = k->next;
         if (!k->welcomed) {
