@@ -144,6 +144,7 @@ void sl_core_free(sl_core_t *core)
     free(core->view);
     free(core->view_slot);
     free(core->view_index);
+    free(core->view_proj);
     sl_map_free(&core->node_map);
     sl_map_free(&core->task_map);
     sl_map_free(&core->changefeed_map);

@@ -192,6 +192,7 @@ struct sl_core {
     sl_place_node_t *view;
     int32_t *view_slot;  /* view index → node slot */
     int32_t *view_index; /* node slot → view index or SL_NONE */
+    int64_t *view_proj;  /* balance: projected load per view index */
     size_t view_len, view_cap;
 };
 

@@ -50,6 +50,9 @@ size_t sl_sched__build_view(sl_core_t *core)
         int32_t *vi = realloc(core->view_index, core->nodes_cap * sizeof *vi);
         if (!vi) return 0;
         core->view_index = vi;
+        int64_t *vp = realloc(core->view_proj, core->nodes_cap * sizeof *vp);
+        if (!vp) return 0;
+        core->view_proj = vp;
         core->view_cap = core->nodes_cap;
     }
     core->view_len = 0;
@@ -427,8 +430,9 @@ static int64_t kind_load(const sl_node_t *n, int kind)
  * is evened on its own — what least-loaded policies place by — because a maintainer's
  * move also carries its trigger dispatcher (D7): on a mixed count, moving two maintainers
  * from an 8 to a 4 gives 4 and 8, and the next round moves them back. */
-static void balance_kind(sl_core_t *core, int kind, size_t nv, uint32_t room, int64_t *proj)
+static void balance_kind(sl_core_t *core, int kind, size_t nv, uint32_t room)
 {
+    int64_t *proj = core->view_proj;
     int64_t total = 0;
     for (size_t k = 0; k < nv; k++) total += kind_load(&core->nodes[core->view_slot[k]], kind);
     if (total <= 0) return;
@@ -476,12 +480,9 @@ static void balance(sl_core_t *core)
     size_t nv = sl_sched__build_view(core);
     if (!room || nv < 2) return; /* S3: nothing to even out with fewer than two nodes */
     if (sl_sched__ensure_scratch(core, room)) return;
-    int64_t *proj = malloc(nv * sizeof *proj);
-    if (!proj) return;
-    balance_kind(core, SL_TASK_MAINTAINER, nv, room, proj);
+    balance_kind(core, SL_TASK_MAINTAINER, nv, room);
     room = sl_op__capacity(core);
-    if (room && sl_sched__build_view(core) == nv) balance_kind(core, SL_TASK_DISPATCHER, nv, room, proj);
-    free(proj);
+    if (room && sl_sched__build_view(core) == nv) balance_kind(core, SL_TASK_DISPATCHER, nv, room);
 }
 
 void sl_sched__round(sl_core_t *core)

@@ -698,7 +698,8 @@ void sl_node_leave(sl_node_t *n, const char *reason, uint64_t timeout_ms,
     if (!n || n->closing || n->leaving) return;
     n->leave_done = done;
     n->leave_arg = arg;
-    n->leave_deadline_ms = now_ms(n) + timeout_ms;
+    uint64_t now = now_ms(n);
+    n->leave_deadline_ms = timeout_ms > UINT64_MAX - now ? UINT64_MAX : now + timeout_ms;
     n->leaving = 1;
     uv_timer_stop(&n->reconnect); /* a node on its way out does not come back */
     if (n->ready) {
@@ -710,7 +711,7 @@ void sl_node_leave(sl_node_t *n, const char *reason, uint64_t timeout_ms,
         queue_frame(n, &f);
         flush_out(n);
     }
-    check_leave(n, now_ms(n));
+    check_leave(n, now);
 }
 
 /* ---- lifetime -------------------------------------------------------------------------------- */
