@@ -79,6 +79,41 @@ describe("e2e graceful shutdown", function()
     h:settle(4, 2, 30)
   end)
 
+  it("L1: an operator who cancels a leaving node's drain is obeyed; the node exits at its timeout", function()
+    if skip_without_curl() then return end
+    h = D.new({ latency = 400 })
+    h:serve("--drain-batch-size 1")
+    h:agent("n1")
+    h:agent("n2", nil, "--shutdown-timeout-ms 4000")
+    h:agent("n3")
+    D.wait("agents to join", 10, function()
+      local _, body = h:http("GET", "/api/v2/captures")
+      return body.total == 3
+    end)
+    for i = 1, 6 do
+      assert.are.equal(201, (h:http("POST", "/api/v2/changefeeds",
+        { body = ('{"changefeed_id":"cf%02d","table_count":2}'):format(i) })))
+    end
+    h:settle(6, 2)
+    local pid = h.agents.n2.pid
+    h:kill(pid, "TERM")
+    D.wait("the drain of n2 to start", 10, function()
+      local _, s = h:http("GET", "/api/v2/captures/n2/drain")
+      return type(s) == "table" and s.state == "draining"
+    end)
+    local code = h:http("DELETE", "/api/v2/captures/n2/drain")
+    assert.are.equal(200, code)
+    D.sleep(1.5) -- several ticks: the coordinator must not start it again
+    local _, s = h:http("GET", "/api/v2/captures/n2/drain")
+    assert.are_not.equal("draining", s.state)
+    assert.are.equal("alive", capture_ids(h).n2)
+    assert.is_true(h:reap(pid, 10), "n2 did not exit at its timeout")
+    assert.matches("outcome=\"timed out\"", h:log_of("n2"), 1, true)
+    D.wait("n2 to be gone from the coordinator", 5, function() return capture_ids(h).n2 == nil end)
+    h.agents.n2 = nil
+    h:settle(6, 2, 30)
+  end)
+
   it("L1: the last node, with nowhere to move its tasks, goes Stopping and exits", function()
     if skip_without_curl() then return end
     h = D.new()

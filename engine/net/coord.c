@@ -51,6 +51,7 @@ struct conn {
     uint64_t opened_ms;
     int welcomed;
     int closing;
+    int node_closed; /* the node closed the connection itself (EOF, reset): it has exited */
     int bootstrap_reported; /* the first heartbeat after HELLO adopts what the node runs */
 };
 
@@ -61,7 +62,8 @@ typedef struct {
     conn_t *conn; /* NULL while disconnected */
     int dead;     /* the core declared this incarnation dead: it may come back only anew */
     int leaving;  /* it said LEAVING (L1 graceful shutdown): drain it, then let it go */
-    int leave_waiting; /* its drain waits for another (logged once) */
+    int leave_waiting; /* its drain cannot start yet (logged once) */
+    int leave_started; /* its drain started: not started again (an operator may cancel it) */
 } peer_t;
 
 typedef struct {
@@ -482,8 +484,10 @@ static void conn_close(conn_t *k, const char *why)
     if (k->node[0]) {
         peer_t *p = peer_find(c, k->node);
         if (p && p->conn == k) p->conn = NULL;
-        if (p && p->conn == NULL && p->leaving && !c->closing) {
-            /* it said it was going: its tasks are not waited for (L3 at once) */
+        if (p && p->conn == NULL && p->leaving && k->node_closed && !c->closing) {
+            /* it said it was going and its process closed the connection: its tasks are
+             * not waited for (L3 at once). A connection the coordinator closed (a bad frame,
+             * a full write queue) goes the usual way: the node may still run its tasks. */
             sl_log(SL_LOG_INFO, "node left after a graceful shutdown", "node", k->node, NULL);
             p->leaving = 0;
             p->dead = 1;
@@ -589,7 +593,7 @@ static void on_hello(conn_t *k, const sl_frame_t *f)
     }
     p->node_epoch = f->node_epoch;
     p->dead = 0;
-    p->leaving = p->leave_waiting = 0;
+    p->leaving = p->leave_waiting = p->leave_started = 0;
     p->conn = k;
     p->last_heartbeat_ms = now;
     sl_core_heartbeat(c->core, f->node, 0, now);
@@ -667,31 +671,35 @@ static void on_cf_status(conn_t *k, const sl_frame_t *f)
 }
 
 /* L1 graceful shutdown of a node that said LEAVING: drain it like PUT …/drain would, so
- * its tasks move before it goes. While another drain runs (or the coordinator
- * bootstraps) this is tried again every tick. When nothing could take its tasks (the last
- * Alive node, or the coordinator's own node) it goes Alive→Stopping: nothing new lands
- * on it, and its tasks are placed again once it has left. */
+ * its tasks move before it goes. While the drain cannot start (another drain runs, the
+ * coordinator bootstraps, the store failed) it is tried again every tick. When nothing
+ * could take its tasks (the last Alive node, or the coordinator's own node) it goes
+ * Alive→Stopping: nothing new lands on it, and its tasks are placed again once it has
+ * left. A drain is started once: if an operator cancels it, the node is left alone. */
 static void try_leave(sl_coord_t *c, peer_t *p)
 {
     sl_liveness_t l;
-    if (sl_core_liveness(c->core, p->id, &l) != 0 || l != SL_ALIVE) return; /* on its way */
+    if (p->leave_started || sl_core_liveness(c->core, p->id, &l) != 0 || l != SL_ALIVE)
+        return; /* on its way, or an operator cancelled its drain */
     sl_drain_counts_t counts;
     int rc = sl_core_drain_start(c->core, p->id, now_ms(c), &counts);
     char m[16], d[16];
     snprintf(m, sizeof m, "%u", (unsigned)counts.maintainers);
     snprintf(d, sizeof d, "%u", (unsigned)counts.dispatchers);
     if (rc == 0) {
+        p->leave_started = 1;
         sl_log(SL_LOG_INFO, "node leaving: drain started", "node", p->id, "maintainers", m,
                "dispatchers", d, NULL);
-    } else if (rc == SL_EBUSY || rc == SL_ENOTREADY) {
-        if (!p->leave_waiting)
-            sl_log(SL_LOG_INFO, "node leaving: its drain waits", "node", p->id, "reason",
-                   rc == SL_EBUSY ? "another drain runs" : "the coordinator is bootstrapping", NULL);
-        p->leave_waiting = 1;
-    } else {
+    } else if (rc == SL_ENOTENOUGH || rc == SL_ECOORDINATOR) {
         int cas = sl_core_liveness_cas(c->core, p->id, SL_ALIVE, SL_STOPPING);
         sl_log(SL_LOG_WARN, "node leaving without a drain: stopping it", "node", p->id, "reason",
                sl_strerror(rc), "cas", cas ? sl_strerror(cas) : "ok", NULL);
+    } else {
+        if (!p->leave_waiting)
+            sl_log(SL_LOG_INFO, "node leaving: its drain cannot start yet; trying every tick",
+                   "node", p->id, "reason",
+                   rc == SL_EBUSY ? "another drain runs" : sl_strerror(rc), NULL);
+        p->leave_waiting = 1;
     }
 }
 
@@ -768,6 +776,7 @@ static void on_conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     conn_t *k = s->data;
     sl_coord_t *c = k->coord;
     if (nread < 0) {
+        k->node_closed = nread == UV_EOF || nread == UV_ECONNRESET;
         conn_close(k, nread == UV_EOF ? "closed by the node" : uv_strerror((int)nread));
         after_event(c);
         return;

@@ -131,12 +131,12 @@ function D:serve(flags)
   return pid
 end
 
--- Starts `sluice agent --id id` writing its state file; opts.latency (ms).
-function D:agent(id, latency)
+-- Starts `sluice agent --id id` writing its state file; opts.latency (ms); `extra` flags.
+function D:agent(id, latency, extra)
   local state = ("%s/%s.json"):format(self.dir, id)
   local args = ("agent --coordinator 127.0.0.1:%d --id %s --token-file %s --state-file %s " ..
-    "--task-latency-ms %d"):format(self.node_port, id, q(self.token_file),
-      q(state), latency or self.opts.latency or 20)
+    "--task-latency-ms %d %s"):format(self.node_port, id, q(self.token_file),
+      q(state), latency or self.opts.latency or 20, extra or "")
   local pid = self:spawn("agent " .. id, args, ("%s/%s.log"):format(self.dir, id))
   self.agents[id] = { pid = pid, state = state }
   return pid
