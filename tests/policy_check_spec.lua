@@ -64,6 +64,7 @@ describe("sluice policy check", function()
     { "gc_loop.lua", FIX .. "gc_loop.lua:2: setmetatable: __gc metamethods are not allowed" },
     { "pattern.lua", "place exceeded its budget" },
     { "pwn_plain.lua", FIX .. "pwn_plain.lua:2: attempt to index a nil value (global 'io')" },
+    { "columns_bad_place.lua", 'expected a node id (string), got number' },
     { "columns_disagree.lua",
       'place and place_columns disagree on task "cf-1" (drain round): place says n1, place_columns says n4' },
   }

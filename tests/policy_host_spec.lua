@@ -128,7 +128,8 @@ describe("P1 place_columns, the column form of place", function()
   end)
 
   it("P1: `columns` must name known columns", function()
-    for _, bad in ipairs({ "columns = 'kind',", "columns = { 'kind', 'zone' },", "columns = { 1 }," }) do
+    for _, bad in ipairs({ "columns = 'kind',", "columns = { 'kind', 'zone' },", "columns = { 1 },",
+                           "columns = { kind = true },", "columns = { 'kind', extra = 'id' }," }) do
       local p, err = policy.load_string("return { name = 'x', place = function() return {} end, " ..
         bad .. " place_columns = function() return {} end }", "bad.lua", FAST)
       assert.is_nil(p)

@@ -111,7 +111,13 @@ static void compare_forms(sl_policy_t *p, const sl_place_task_t *tasks, size_t n
         problem_raw(errs, rep.message[0] ? rep.message : "place failed");
         return;
     }
+    if (rep.unasked > 0)
+        problem_raw(errs, rep.message);
     for (size_t i = 0; i < ntasks; i++) {
+        if (tbl[i].error != NULL) { /* place itself answered badly: that fails on its own */
+            problem(errs, p, "%s", tbl[i].error);
+            return;
+        }
         const char *t = tbl[i].node != NULL ? tbl[i].node : "wait";
         const char *c = nodes[i] != NULL ? nodes[i] : "wait";
         if (strcmp(t, c) != 0) {

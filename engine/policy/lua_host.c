@@ -659,7 +659,19 @@ static int read_column_names(lua_State *L, int tbl, unsigned *mask, char *err, s
         return -1;
     }
     *mask = 0;
-    lua_Unsigned len = lua_rawlen(L, -1);
+    lua_Unsigned len = lua_rawlen(L, -1), keys = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+        lua_pop(L, 1); /* the value; the key stays for lua_next */
+        if (++keys > len) {
+            lua_pop(L, 1);
+            break;
+        }
+    }
+    if (keys != len) {
+        snprintf(err, errlen, "`columns` must be an array of column names, like {\"kind\"}");
+        return -1;
+    }
     for (lua_Unsigned i = 1; i <= len && i <= 64; i++) {
         const char *name = lua_rawgeti(L, -1, (lua_Integer)i) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
         int k = 0;
