@@ -101,6 +101,15 @@ describe("e2e graceful shutdown", function()
       local _, s = h:http("GET", "/api/v2/captures/n2/drain")
       return type(s) == "table" and s.state == "draining"
     end)
+    -- operators see why n2 drains: the API and `sluice status` say it is shutting down
+    local _, caps = h:http("GET", "/api/v2/captures")
+    for _, cap in ipairs(caps.items) do assert.are.equal(cap.id == "n2", cap.leaving) end
+    local bin = os.getenv("SLUICE_BIN") or "build/sluice"
+    local p = io.popen(("SLUICE_SERVER=127.0.0.1:%d SLUICE_TOKEN=%s %s status 2>&1"):format(
+      h.http_port, h.token, bin))
+    local out = p:read("a")
+    p:close()
+    assert.matches("n2%s+draining[^\n]*shutting down", out)
     local code = h:http("DELETE", "/api/v2/captures/n2/drain")
     assert.are.equal(200, code)
     D.sleep(1.5) -- several ticks: the coordinator must not start it again

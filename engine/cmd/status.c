@@ -167,8 +167,8 @@ int sl_cmd_status(int argc, char **argv)
         return 1;
     }
     json_t *items = json_object_get(res.json, "items");
-    printf("%-20s %-9s %11s %11s %9s  %s\n", "NODE", "LIVENESS", "MAINTAINERS", "DISPATCHERS",
-           "IN-FLIGHT", "COORDINATOR");
+    printf("%-20s %-9s %11s %11s %9s  %-11s %s\n", "NODE", "LIVENESS", "MAINTAINERS", "DISPATCHERS",
+           "IN-FLIGHT", "COORDINATOR", "NOTE");
     const char *target = NULL;
     char target_buf[256] = "";
     size_t i;
@@ -178,9 +178,10 @@ int sl_cmd_status(int argc, char **argv)
     json_array_foreach(items, i, n) {
         const char *id = jstr(n, "id", "?");
         const char *liveness = jstr(n, "liveness", "?");
-        printf("%-20s %-9s %11lld %11lld %9lld  %s\n", id, liveness, jint(n, "maintainer_count"),
+        printf("%-20s %-9s %11lld %11lld %9lld  %-11s %s\n", id, liveness, jint(n, "maintainer_count"),
                jint(n, "dispatcher_count"), jint(n, "inflight"),
-               json_is_true(json_object_get(n, "is_coordinator")) ? "*" : "");
+               json_is_true(json_object_get(n, "is_coordinator")) ? "*" : "",
+               json_is_true(json_object_get(n, "leaving")) ? "shutting down" : "");
         tm += jint(n, "maintainer_count");
         td += jint(n, "dispatcher_count");
         if (!strcmp(liveness, "stopping") && strlen(stopping) + strlen(id) + 3 < sizeof stopping) {

@@ -1020,12 +1020,13 @@ static void h_captures(void *arg, const sl_http_request_t *req, sl_http_response
         if (sl_core_node_at(c->core, i, &info)) continue;
         peer_t *p = peer_find(c, info.id);
         json_array_append_new(
-            items, json_pack("{s:s,s:s,s:s,s:i,s:i,s:i,s:b,s:b,s:I}", "id", info.id, "address",
+            items, json_pack("{s:s,s:s,s:s,s:i,s:i,s:i,s:b,s:b,s:b,s:I}", "id", info.id, "address",
                              info.addr ? info.addr : "", "liveness", sl_liveness_name(info.liveness),
                              "maintainer_count", (int)info.maintainers, "dispatcher_count",
                              (int)info.dispatchers, "inflight", (int)info.inflight, "is_coordinator",
                              c->cfg.coordinator_node && !strcmp(c->cfg.coordinator_node, info.id),
                              "connected", p && p->conn && p->conn->welcomed,
+                             "leaving", p && p->leaving, /* L1: it is shutting down */
                              "node_epoch", (json_int_t)(p ? p->node_epoch : 0)));
     }
     sl_http_respond_json(res, 200, json_pack("{s:o,s:i}", "items", items, "total", (int)json_array_size(items)));
