@@ -145,6 +145,10 @@ static int dry_run(sl_client_t *c, const char *id, const char *esc)
            waiting ? "" : ":");
     if (waiting)
         printf("  (%zu would wait: no destination now)\n", waiting);
+    json_t *disp = json_object_get(res.json, "dispatchers_by_changefeed");
+    if (json_array_size(disp))
+        printf("  and %lld dispatchers of %zu changefeeds, which their maintainers move off %s "
+               "in batches (D6)\n", jint(res.json, "dispatcher_count"), json_array_size(disp), id);
     json_array_foreach(moves, i, m) {
         const char *to = json_string_value(json_object_get(m, "to"));
         if (to)

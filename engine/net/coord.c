@@ -1128,13 +1128,30 @@ static void h_drain_plan(void *arg, const sl_http_request_t *req, sl_http_respon
         json_array_append_new(arr, json_pack("{s:s,s:o}", "task", moves[i].task, "to",
                                              moves[i].to ? json_string(moves[i].to) : json_null()));
     free(moves);
+    /* the dispatchers on the node are moved by their maintainers (D6), not by this policy:
+     * the plan says how many, per changefeed, as the maintainers last reported */
+    json_t *disp = json_array();
+    json_int_t ndisp = 0;
+    for (size_t i = 0; i < c->ncfs; i++) {
+        size_t nn = sl_core_changefeed_nodes(c->core, c->cfs[i]);
+        for (size_t j = 0; j < nn; j++) {
+            sl_node_count_t nc;
+            if (sl_core_changefeed_node_at(c->core, c->cfs[i], j, &nc) || strcmp(nc.node, id) ||
+                !nc.count)
+                continue;
+            json_array_append_new(disp, json_pack("{s:s,s:i}", "changefeed", c->cfs[i], "count",
+                                                  (int)nc.count));
+            ndisp += nc.count;
+        }
+    }
     const sl_policy_t *live = sl_policy_registry_policy(c->reg);
     sl_policy_info_t pi;
     sl_policy_registry_info(c->reg, &pi);
     sl_http_respond_json(res, 200,
-                         json_pack("{s:s,s:s,s:I,s:o}", "capture_id", id, "policy",
+                         json_pack("{s:s,s:s,s:I,s:o,s:I,s:o}", "capture_id", id, "policy",
                                    live ? live->name : "builtin", "policy_version",
-                                   (json_int_t)pi.version, "moves", arr));
+                                   (json_int_t)pi.version, "moves", arr, "dispatcher_count", ndisp,
+                                   "dispatchers_by_changefeed", disp));
 }
 
 /* D13: the older TiCDC route. Clients poll it; the answer is what remains, never 0 before
