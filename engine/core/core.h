@@ -228,6 +228,8 @@ typedef struct {
     char changefeed[SL_ID_MAX]; /* START/STOP: the task's changefeed */
     char target[SL_ID_MAX]; /* DRAIN: the drain target, "" when none */
     uint64_t epoch;         /* DRAIN: the current epoch */
+    uint8_t removed;        /* STOP of a maintainer whose changefeed was deleted: it goes for
+                             * good, with its dispatchers (set by the coordinator's driver) */
 } sl_msg_t;
 
 /* Messages emitted since the last sl_core_outbox_clear(). */

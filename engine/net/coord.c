@@ -379,6 +379,8 @@ static void maybe_send_view(sl_coord_t *c, int force)
 
 /* ---- the core's outbox ------------------------------------------------------------------- */
 
+static int cf_index(sl_coord_t *c, const char *id);
+
 static void send_outbox(sl_coord_t *c)
 {
     size_t n;
@@ -405,6 +407,9 @@ static void send_outbox(sl_coord_t *c)
             f.kind = (uint8_t)m->kind;
             f.weight = m->weight;
             f.op_id = m->op_id;
+            /* a maintainer stopped for a deleted changefeed takes its dispatchers along */
+            f.state = m->type == SL_MSG_STOP && m->kind == SL_TASK_MAINTAINER &&
+                      cf_index(c, m->changefeed) < 0;
             if (sl_log_enabled(SL_LOG_DEBUG))
                 sl_logf(SL_LOG_DEBUG, m->type == SL_MSG_START ? "start sent" : "stop sent",
                         "node=%s task=%s op=%" PRIu64, m->node, m->task, m->op_id);

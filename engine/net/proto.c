@@ -33,7 +33,7 @@ static const field_t schema_heartbeat[] = {STR(node), U64(epoch), U64(now_ms), E
 static const field_t schema_start[] = {STR(node), STR(task), U8(kind),   STR(changefeed),
                                        U32(weight), U64(op_id), STR(from), END};
 static const field_t schema_stop[] = {STR(node), STR(task), U8(kind), STR(changefeed),
-                                      U64(op_id), STR(from), END};
+                                      U64(op_id), STR(from), U8(state), END};
 static const field_t schema_report[] = {STR(node), STR(task), U8(kind), STR(changefeed),
                                         U8(state), END};
 static const field_t schema_drain[] = {STR(target), U64(epoch), END};

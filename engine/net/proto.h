@@ -24,7 +24,8 @@ typedef enum {
     SL_FRAME_REJECT = 3,    /* coordinator → node: reason (text), then it closes */
     SL_FRAME_HEARTBEAT = 4, /* node → coordinator: node, epoch acknowledged (D5), now */
     SL_FRAME_START = 5,     /* → node: task, kind, changefeed, weight, op_id, from (sender) */
-    SL_FRAME_STOP = 6,      /* → node: task, kind, changefeed, op_id, from */
+    SL_FRAME_STOP = 6,      /* → node: task, kind, changefeed, op_id, from, state (1: the
+                             * changefeed was deleted — a maintainer stops its dispatchers too) */
     SL_FRAME_REPORT = 7,    /* node →: node, task, kind, changefeed, state (working/stopped) */
     SL_FRAME_DRAIN = 8,     /* coordinator → node: target ("" none), epoch (D5) */
     SL_FRAME_CF_STATUS = 9, /* maintainer → coordinator: changefeed, epoch, remaining,
