@@ -645,3 +645,131 @@ describe("L5 a Stopping destination refuses", function()
     assert.are.equal("n1", c:task("cf-01").node)
   end)
 end)
+
+describe("L2/O5 a destination that stops being schedulable before its start is sent", function()
+  -- Balance starts moves toward a node that just joined; the origins are told to stop, but
+  -- their "stopped" reports are held. `turn(c)` makes that destination leave Alive. Returns
+  -- the core, the cluster, the destination, the held stops and every message sent after
+  -- the turn.
+  local function moves_toward_new_node(turn)
+    local c, cl = core_with({ "n1", "n2" }, 12, { balance_interval_ms = 100, max_operators = 64 })
+    cl:tick(0); cl:settle()
+    assert(c:join("n3"))
+    cl:tick(100)
+    local _, held = cl:settle(function(m) if m.type == "stop" then return "hold" end end)
+    assert.is_true(#held > 0)
+    for _, op in ipairs(c:operators()) do
+      assert.are.same({ "move", "balance", "n3", "stop" }, { op.type, op.reason, op.to, op.step })
+    end
+    assert.are.equal(#held, c:node("n3").inflight)
+    local abandoned = c:stats().ops_abandoned
+    turn(c)
+    local after = {}
+    for _, m in ipairs(held) do
+      after[#after + 1] = m -- the stop arrives late; the origin stops the task and says so
+      cl:deliver(m)
+    end
+    cl:settle(function(m) after[#after + 1] = m end)
+    return c, cl, held, after, abandoned
+  end
+
+  local function assert_placed_on_alive(c, cl, held, after, abandoned)
+    for _, m in ipairs(after) do
+      assert.is_false(m.type == "start" and m.node == "n3",
+        ("L2: %s was started on n3 after n3 left Alive"):format(m.task))
+    end
+    for _, m in ipairs(held) do
+      local t = c:task(m.task)
+      assert.are.equal("working", t.state)
+      assert.is_false(t.has_operator)
+      assert.are_not.equal("n3", t.node)
+      assert.are.equal("alive", c:liveness(t.node))
+      assert.are.same({ t.node }, cl:owners(m.task))
+    end
+    assert.are.equal(0, c:node("n3").maintainers)
+    assert.are.equal(0, c:node("n3").inflight)
+    assert.are.equal(0, c:node("n3").ops_to)
+    assert.are.equal(0, c:stats().absent)
+    assert.are.equal(0, c:stats().ops_in_progress)
+    assert.are.equal(abandoned + #held, c:stats().ops_abandoned)
+    assert.are.equal(12, c:node("n1").maintainers + c:node("n2").maintainers)
+    ok_check(c)
+  end
+
+  it("L2/O5: a balance move whose destination starts draining before the origin stopped never starts there", function()
+    local c, cl, held, after, abandoned = moves_toward_new_node(function(c)
+      assert(c:drain_mark("n3"))
+      assert.are.equal("draining", c:liveness("n3"))
+    end)
+    assert_placed_on_alive(c, cl, held, after, abandoned)
+    assert.are.equal("draining", c:liveness("n3"))
+  end)
+
+  it("L2/O5: a balance move whose destination goes Stopping before the origin stopped never starts there", function()
+    local c, cl, held, after, abandoned = moves_toward_new_node(function(c)
+      assert(c:cas("n3", "alive", "stopping"))
+    end)
+    assert_placed_on_alive(c, cl, held, after, abandoned)
+    assert.are.equal("stopping", c:liveness("n3"))
+  end)
+
+  it("L2/O5: abandoned at the start step, the moves leave the drain batch and the counters exact", function()
+    local c, cl = core_with({ "n1", "n2" }, 12, { balance_interval_ms = 100, max_operators = 64 })
+    cl:tick(0); cl:settle()
+    assert(c:join("n3"))
+    cl:tick(100)
+    local _, held = cl:settle(function(m) if m.type == "stop" then return "hold" end end)
+    assert(c:drain_mark("n3"))
+    assert.are.equal(#held, c:stats().drain_in_progress) -- moves toward the target count (O3)
+    -- one stopped report at a time: each ends its move and frees the batch at once
+    for i, m in ipairs(held) do
+      cl:deliver(m)
+      assert.are.equal(#held - i, c:stats().drain_in_progress)
+      assert.are.equal(#held - i, c:node("n3").inflight)
+      ok_check(c)
+      cl:settle()
+      ok_check(c)
+    end
+    assert.are.equal(0, c:node("n3").maintainers)
+  end)
+
+  it("L2/O6: the origin fails while the destination is Draining: the task is placed on an Alive node", function()
+    local c, cl = core_with({ "n1" }, 6, { balance_interval_ms = 100, max_operators = 64 })
+    cl:tick(0); cl:settle()
+    assert(c:join("n2")); assert(c:join("n3"))
+    cl:tick(100)
+    local _, held = cl:settle(function(m) if m.type == "stop" then return "hold" end end)
+    local toward = {}
+    for _, op in ipairs(c:operators()) do toward[op.to] = (toward[op.to] or 0) + 1 end
+    assert.is_true((toward.n3 or 0) > 0 and (toward.n2 or 0) > 0)
+    assert(c:drain_mark("n3"))
+    local after = {}
+    cl:leave("n1") -- O6: moves go on to their destination — unless it is no longer schedulable
+    cl:settle(function(m) after[#after + 1] = m end)
+    for _, m in ipairs(after) do
+      assert.is_false(m.type == "start" and m.node == "n3",
+        ("L2: %s was started on n3 after n3 left Alive"):format(m.task))
+    end
+    for _, m in ipairs(held) do
+      local t = c:task(m.task)
+      assert.are.same({ "working", "n2" }, { t.state, t.node })
+    end
+    assert.are.equal(0, c:node("n3").maintainers)
+    assert.are.equal(0, c:node("n3").inflight)
+    assert.are.equal(0, c:stats().absent)
+    ok_check(c)
+  end)
+
+  it("O2: a move whose START was sent before its destination started draining still finishes there", function()
+    local c, cl = core_with({ "n1", "n2" }, 12, { balance_interval_ms = 100, max_operators = 64 })
+    cl:tick(0); cl:settle()
+    assert(c:join("n3"))
+    cl:tick(100)
+    local _, held = cl:settle(function(m) if m.type == "start" then return "hold" end end)
+    assert.is_true(#held > 0)
+    assert(c:drain_mark("n3"))
+    for _, m in ipairs(held) do cl:deliver(m) end
+    assert.are.equal(#held, c:node("n3").maintainers) -- they finished; the drain moves them later
+    ok_check(c)
+  end)
+end)

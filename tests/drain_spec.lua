@@ -410,3 +410,38 @@ describe("D11 the status is keyed by the core's version", function()
     end
   end)
 end)
+
+describe("L2 a drain that starts while moves are on their way to its target", function()
+  it("L2/D8: moves toward the target that have not started there are placed elsewhere; the drain moves nothing twice", function()
+    local c = sluice.core({ drain_batch_size = 8, balance_interval_ms = 100, max_operators = 64 })
+    assert(c:join("n1")); assert(c:join("n2"))
+    for i = 1, 12 do assert(c:add_task(("cf-%02d"):format(i))) end
+    local cl = Cluster.new(c)
+    cl:tick(0); cl:settle()
+    assert(c:join("n3"))
+    cl:tick(100) -- balance moves toward n3; the origins' stopped reports are held
+    local _, held = cl:settle(function(m) if m.type == "stop" then return "hold" end end)
+    assert.is_true(#held > 0)
+    local r = assert(c:drain_start("n3", cl.now))
+    assert.are.same({ 0, 0, false }, { r.maintainers, r.dispatchers, r.completed })
+    assert.are.equal("draining", c:liveness("n3"))
+    local sent = {}
+    for _, m in ipairs(held) do cl:deliver(m) end
+    cl:settle(function(m) sent[#sent + 1] = m end)
+    for _, m in ipairs(sent) do
+      assert.is_false(m.type == "start" and m.node == "n3", "L2: " .. m.task .. " started on n3")
+      assert.is_false(m.type == "stop" and m.node == "n3", "the drain had to move " .. m.task)
+    end
+    for i = 1, 12 do
+      local t = c:task(("cf-%02d"):format(i))
+      assert.are.equal("working", t.state)
+      assert.are_not.equal("n3", t.node)
+    end
+    local ok, why = c:check()
+    assert(ok, why)
+    report_all(c, cl, 0)
+    cl:settle()
+    assert.are.equal("stopping", c:liveness("n3"))
+    assert.are.equal("completed", c:drain_status("n3", cl.now).state)
+  end)
+end)

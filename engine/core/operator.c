@@ -45,12 +45,21 @@ static void send_step(sl_core_t *core, sl_op_t *op)
                       op->id);
 }
 
+/* L2: whether `to` may still be told to start a task. The schedulers only pick Alive
+ * nodes, but liveness is CAS'ed from other threads and by drains that start between the
+ * two steps of a move, so the operator checks again when it commits. */
+static bool schedulable(const sl_core_t *core, int32_t to)
+{
+    return to != SL_NONE && atomic_load(&core->nodes[to].liveness) == SL_ALIVE;
+}
+
 int sl_op__create(sl_core_t *core, sl_op_type_t type, sl_reason_t reason, int32_t t, int32_t from,
                   int32_t to)
 {
     sl_task_t *task = &core->tasks[t];
     if (task->op != SL_NONE) return SL_EBUSY;                    /* O1 */
     if (core->ops_in_progress >= core->cfg.max_operators) return SL_ELIMIT; /* O3 */
+    if (type != SL_OP_REMOVE && !schedulable(core, to)) return SL_EINVAL; /* L2 */
     int32_t o = sl_slots_take((void **)&core->ops, &core->ops_cap, sizeof *core->ops, 16,
                               &core->op_free);
     if (o < 0) return o;
@@ -137,11 +146,23 @@ static void op_finish_remove(sl_core_t *core, int32_t o)
     sl_core__task_delete(core, t);
 }
 
-/* The origin has stopped the task (or is gone): the move goes on to its destination. */
-static void move_to_start_step(sl_core_t *core, sl_op_t *op)
+/* The origin has stopped the task (or is gone): the move goes on to its destination —
+ * unless that destination left Alive while the origin was stopping (a drain of it started,
+ * or it is shutting down). Then nothing runs the task and its destination must not be told
+ * to start it (L2): the move is abandoned and the task is absent, to be placed on a
+ * schedulable node by the basic scheduler, as when the destination fails at this point
+ * (O5). */
+static void move_to_start_step(sl_core_t *core, int32_t o)
 {
-    sl_core__unbind(core, op->task);
-    core->tasks[op->task].state = SL_TASK_STARTING;
+    sl_op_t *op = &core->ops[o];
+    int32_t t = op->task;
+    if (!schedulable(core, op->to)) {
+        op_end(core, o, false);
+        sl_core__absent_push(core, t);
+        return;
+    }
+    sl_core__unbind(core, t);
+    core->tasks[t].state = SL_TASK_STARTING;
     op->step = SL_STEP_START;
     op->retries = 0;
     op->stuck = false;
@@ -187,7 +208,7 @@ bool sl_op__on_report(sl_core_t *core, int32_t node, int32_t t, sl_report_t stat
         break;
     case SL_OP_MOVE:
         if (op->step == SL_STEP_STOP) {
-            if (node == op->from && !working) move_to_start_step(core, op);
+            if (node == op->from && !working) move_to_start_step(core, o);
             else if (node != op->from && working) sl_core__emit(core, SL_MSG_STOP, node, t, 0);
         } else if (working && node == op->to) {
             land(core, t, node);
@@ -215,7 +236,6 @@ void sl_op__on_node_leave(sl_core_t *core, int32_t node)
             continue;
         }
         int32_t t = op->task;
-        bool ends = op->type != SL_OP_MOVE || op->to == node;
         switch ((sl_op_type_t)op->type) {
         case SL_OP_ADD: /* the destination is gone; the task never ran: place it again */
             op_end(core, o, false);
@@ -232,7 +252,7 @@ void sl_op__on_node_leave(sl_core_t *core, int32_t node)
                 }
             } else if (op->step == SL_STEP_STOP) {
                 set_from(core, op, SL_NONE); /* O6: the origin is gone, start it at the destination */
-                move_to_start_step(core, op);
+                move_to_start_step(core, o); /* (or abandon it there: L2) */
             } else {
                 set_from(core, op, SL_NONE);
             }
@@ -241,7 +261,8 @@ void sl_op__on_node_leave(sl_core_t *core, int32_t node)
             op_finish_remove(core, o);
             break;
         }
-        if (!ends) i++; /* an operator that ended left the order list; the next slid into i */
+        /* an operator that ended left the order list; the next slid into i */
+        if (i < core->op_order.len && core->op_order.v[i] == o) i++;
     }
 }
 
