@@ -135,3 +135,35 @@ describe("e2e graceful shutdown", function()
     assert.is_nil(capture_ids(h).n1)
   end)
 end)
+
+describe("e2e silence", function()
+  local h
+  after_each(function()
+    if h then
+      h:kill(h.serve_pid, "CONT")
+      h:cleanup()
+    end
+    h = nil
+  end)
+
+  it("O5: nodes that stop hearing from the coordinator stop their tasks before it could place them again", function()
+    if skip_without_curl() then return end
+    h = D.new() -- serve runs with --node-timeout-ms 4000: nodes fence after 2.4 s of silence
+    h:cluster(3, 4, 2)
+    h:kill(h.serve_pid, "STOP") -- a frozen coordinator, as a partition looks from the nodes
+    D.wait("every node to stop its tasks", 15, function()
+      for _, id in ipairs({ "n1", "n2", "n3" }) do
+        local st = h:state(id)
+        if not st or #st.maintainers + #st.dispatchers > 0 then return false, id end
+      end
+      return true
+    end)
+    for _, id in ipairs({ "n1", "n2", "n3" }) do
+      assert.matches("no word from the coordinator: stopping every task here", h:log_of(id), 1, true)
+    end
+    h:kill(h.serve_pid, "CONT")
+    -- it knows it stalled, takes the nodes back as new incarnations, and places everything once
+    h:settle(4, 2, 30)
+    assert.matches("the coordinator stalled", D.read(h.serve_log), 1, true)
+  end)
+end)

@@ -104,6 +104,7 @@ struct sl_coord {
 
     uint64_t base_real_ms, base_uv_ms;
     uint64_t view_version, view_sig, last_view_ms;
+    uint64_t last_tick_ms, last_keepalive_ms;
     sl_frame_item_t *items; /* decode and encode buffer, SL_PROTO_LIST_MAX */
 
     /* what the logs last said about the drain */
@@ -608,6 +609,7 @@ static void on_hello(conn_t *k, const sl_frame_t *f)
     memset(&w, 0, sizeof w);
     w.type = SL_FRAME_WELCOME;
     w.version = SL_PROTO_VERSION;
+    w.node_timeout_ms = c->cfg.node_timeout_ms ? c->cfg.node_timeout_ms : 10000;
     sl_core_stats_t st;
     sl_core_stats(c->core, &st);
     w.epoch = st.epoch;
@@ -847,11 +849,50 @@ static void on_node_connection(uv_stream_t *server, int status)
 
 /* ---- the tick ---------------------------------------------------------------------------- */
 
+/* The coordinator itself stalled (stopped, swapped out, a frozen VM): the heartbeats the
+ * nodes sent meanwhile wait unread in the sockets, so their silence is not theirs. Every
+ * node still connected counts as heard from now; a node that is really gone is still
+ * declared dead a node timeout later. */
+static void forgive_stall(sl_coord_t *c, uint64_t now)
+{
+    uint64_t hb = c->cfg.heartbeat_interval_ms ? c->cfg.heartbeat_interval_ms : 1000;
+    if (!c->last_tick_ms || now - c->last_tick_ms <= 2 * hb) return;
+    char gap[32];
+    snprintf(gap, sizeof gap, "%" PRIu64, now - c->last_tick_ms);
+    sl_log(SL_LOG_WARN, "the coordinator stalled: connected nodes are not held to its silence",
+           "stalled_ms", gap, NULL);
+    for (size_t i = 0; i < c->npeers; i++) {
+        peer_t *p = &c->peers[i];
+        if (p->dead || !p->conn || !p->conn->welcomed || p->conn->closing) continue;
+        p->last_heartbeat_ms = now;
+        sl_core_heartbeat(c->core, p->id, 0, now);
+    }
+}
+
+/* Every heartbeat interval each node hears from the coordinator, even while nothing
+ * changes (and during bootstrap, when no view goes out): a node that hears nothing for
+ * most of the node timeout stops its tasks before they are placed elsewhere (O5). */
+static void send_keepalives(sl_coord_t *c, uint64_t now)
+{
+    uint64_t hb = c->cfg.heartbeat_interval_ms ? c->cfg.heartbeat_interval_ms : 1000;
+    if (now < c->last_keepalive_ms + hb) return;
+    c->last_keepalive_ms = now;
+    sl_frame_t f;
+    memset(&f, 0, sizeof f);
+    f.type = SL_FRAME_HEARTBEAT;
+    f.now_ms = now;
+    for (conn_t *k = c->conns; k; k = k->next)
+        if (k->welcomed && !k->closing) conn_queue(k, &f);
+}
+
 static void on_tick(uv_timer_t *t)
 {
     sl_coord_t *c = t->data;
     uint64_t now = now_ms(c);
+    forgive_stall(c, now);
+    c->last_tick_ms = now;
     sl_core_tick(c->core, now);
+    send_keepalives(c, now);
     if (c->repl) sl_repl_sweep(c->repl); /* R1: idle REPL sessions are closed on time */
     for (conn_t *k = c->conns, *next; k; k = next) {
         next = k->next;

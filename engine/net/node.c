@@ -68,6 +68,11 @@ struct sl_node {
     int closing;
     uint64_t starts, stops;
 
+    /* O5 fencing: when the coordinator was last heard from, and after how long of silence
+     * this node stops its tasks (a share of the coordinator's node timeout, from WELCOME) */
+    uint64_t last_rx_ms;
+    uint64_t fence_ms;
+
     /* graceful shutdown (sl_node_leave) */
     int leaving;
     uint64_t leave_deadline_ms;
@@ -412,6 +417,7 @@ static void send_bootstrap_heartbeat(sl_node_t *n)
 static void on_frame(sl_node_t *n, const sl_frame_t *f)
 {
     uint64_t now = now_ms(n);
+    n->last_rx_ms = now;
     if (!n->ready) {
         if (f->type == SL_FRAME_REJECT) {
             if (!strncmp(f->reason, "expelled", 8)) {
@@ -433,6 +439,9 @@ static void on_frame(sl_node_t *n, const sl_frame_t *f)
         }
         n->ready = 1;
         n->backoff_ms = 0;
+        /* stop the tasks well before the coordinator would place them elsewhere: it counts
+         * from the last heartbeat it read, this node from the last frame it read */
+        n->fence_ms = (f->node_timeout_ms ? f->node_timeout_ms : 10000) * 6 / 10;
         char e[32];
         snprintf(e, sizeof e, "%" PRIu64, f->epoch);
         sl_log(SL_LOG_INFO, "connected to the coordinator", "coordinator", n->coordinator,
@@ -488,6 +497,8 @@ static void on_frame(sl_node_t *n, const sl_frame_t *f)
                    sl_liveness_name(sl_agent_liveness(n->agent)), NULL);
         break;
     }
+    case SL_FRAME_HEARTBEAT: /* the coordinator is alive; last_rx_ms says so */
+        break;
     case SL_FRAME_AGENT: {
         sl_agent_msg_t m;
         memset(&m, 0, sizeof m);
@@ -682,12 +693,32 @@ static void check_leave(sl_node_t *n, uint64_t now)
     n->leave_done(n->leave_arg, why); /* may close the node: nothing after this */
 }
 
+/* O5: a node that has not heard from the coordinator for most of the node timeout may be
+ * declared dead there and its tasks started elsewhere (a partition, a frozen coordinator
+ * or proxy, a connection that is up but carries nothing). It stops them all first: it
+ * becomes a new incarnation that runs nothing and reconnects as such. */
+static void fence(sl_node_t *n, uint64_t now)
+{
+    if (!n->last_rx_ms || !n->fence_ms || now - n->last_rx_ms < n->fence_ms) return;
+    if (running_tasks(n) == 0) return;
+    char silent[32], count[32];
+    snprintf(silent, sizeof silent, "%" PRIu64, now - n->last_rx_ms);
+    snprintf(count, sizeof count, "%zu", running_tasks(n));
+    sl_log(SL_LOG_WARN, "no word from the coordinator: stopping every task here so that none "
+           "runs twice (O5)", "silent_ms", silent, "tasks", count, NULL);
+    n->last_rx_ms = 0;
+    if (restart_agent(n) != 0) return;
+    if (n->conn) conn_drop(n, "the coordinator is silent");
+    write_state(n);
+}
+
 static void on_tick(uv_timer_t *t)
 {
     sl_node_t *n = t->data;
     uint64_t now = now_ms(n);
     if (n->conn && !n->ready && now - n->conn->opened_ms > WELCOME_TIMEOUT_MS)
         conn_drop(n, "no WELCOME in time");
+    fence(n, now);
     sl_agent_tick(n->agent, now);
     pump(n);
     check_leave(n, now);

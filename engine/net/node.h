@@ -8,7 +8,11 @@
  * what the agent emits as frames; messages the agent addresses to this very node are
  * delivered locally. Heartbeats carry the drain epoch the agent knows (D5). A lost
  * connection is retried with exponential backoff and jitter; the tasks keep running
- * meanwhile (the node epoch does not change, so the coordinator keeps them).
+ * meanwhile (the node epoch does not change, so the coordinator keeps them) — but not
+ * for long: a node that has heard nothing from the coordinator (it sends at least a
+ * heartbeat every interval) for 60% of the coordinator's node timeout stops every task
+ * and comes back as a new incarnation, before the coordinator could declare it dead and
+ * start them elsewhere (O5 under a partition or a frozen coordinator).
  *
  * Tasks run through a timer driver: a start or stop completes after `task_latency_ms`,
  * standing in for real work (issue 3's driver seam, agent.h). */

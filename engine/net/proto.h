@@ -20,9 +20,11 @@
 
 typedef enum {
     SL_FRAME_HELLO = 1,     /* node → coordinator: version, token, node, node_epoch, addr */
-    SL_FRAME_WELCOME = 2,   /* coordinator → node: version, epoch (of the drain), target */
+    SL_FRAME_WELCOME = 2,   /* coordinator → node: version, epoch (of the drain), target,
+                             * node_timeout_ms (after which a silent node is declared dead) */
     SL_FRAME_REJECT = 3,    /* coordinator → node: reason (text), then it closes */
-    SL_FRAME_HEARTBEAT = 4, /* node → coordinator: node, epoch acknowledged (D5), now */
+    SL_FRAME_HEARTBEAT = 4, /* node → coordinator: node, epoch acknowledged (D5), now; and
+                             * coordinator → node every heartbeat interval: it is alive */
     SL_FRAME_START = 5,     /* → node: task, kind, changefeed, weight, op_id, from (sender) */
     SL_FRAME_STOP = 6,      /* → node: task, kind, changefeed, op_id, from, state (1: the
                              * changefeed was deleted — a maintainer stops its dispatchers too) */
@@ -72,6 +74,7 @@ typedef struct {
     char to[SL_ID_MAX]; /* AGENT: the receiving node, "" for the coordinator */
     uint64_t issuer;    /* AGENT: the maintainer incarnation */
     uint64_t view_version; /* VIEW: grows with every view */
+    uint64_t node_timeout_ms; /* WELCOME: the coordinator's node timeout */
     sl_frame_item_t *items; /* CF_STATUS, MEMBERS: owned by the caller's buffer */
     size_t nitems;
     size_t items_cap; /* how many `items` can hold; the decoder never writes beyond */
