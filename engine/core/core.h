@@ -169,6 +169,10 @@ void sl_core_set_store(sl_core_t *core, sl_store_t *store);
  * its record is cleared (D4). */
 int sl_core_recover(sl_core_t *core, uint64_t now_ms);
 int sl_core_bootstrapping(sl_core_t *core);
+/* D4/L1: node `id` is about to join as a process that was never Stopping (a new one: it
+ * says so in its HELLO). A Stopping mark stored for that id belongs to an earlier process,
+ * so it is forgotten and removed from the store, and the node joins Alive. */
+void sl_core_node_fresh(sl_core_t *core, const char *id);
 
 /* ---- drain primitives (the drain scheduler's side) ---------------------------------- */
 

@@ -451,6 +451,23 @@ int sl_core_recover(sl_core_t *core, uint64_t now_ms)
     return 0;
 }
 
+void sl_core_node_fresh(sl_core_t *core, const char *id)
+{
+    sl_core__changed(core);
+    size_t keep = 0;
+    int found = 0;
+    for (size_t i = 0; i < core->nrecovered_stopping; i++) {
+        if (strcmp(core->recovered_stopping[i], id) == 0) {
+            free(core->recovered_stopping[i]);
+            found = 1;
+        } else {
+            core->recovered_stopping[keep++] = core->recovered_stopping[i];
+        }
+    }
+    core->nrecovered_stopping = keep;
+    if (found && core->store) core->store->ops->delete_liveness(core->store, id);
+}
+
 int sl_core_bootstrapping(sl_core_t *core)
 {
     return core->bootstrapping;

@@ -582,6 +582,9 @@ static void on_hello(conn_t *k, const sl_frame_t *f)
         known = 0;
     }
     if (!known) {
+        /* a process that was never told it is Stopping is a new one: a Stopping mark kept
+         * from before a coordinator restart is not its own (D4) */
+        if (!f->state) sl_core_node_fresh(c->core, f->node);
         int rc = sl_core_node_join(c->core, f->node, f->addr[0] ? f->addr : k->peer);
         if (rc && rc != SL_EEXIST) {
             reject(k, "cannot join: %s", sl_strerror(rc));

@@ -636,6 +636,7 @@ static void on_connect(uv_connect_t *req, int status)
     snprintf(f.node, sizeof f.node, "%s", n->id);
     snprintf(f.addr, sizeof f.addr, "%s", n->addr);
     f.node_epoch = n->node_epoch;
+    f.state = sl_agent_liveness(n->agent) == SL_STOPPING; /* a Stopping node stays so (D4) */
     n->olen = 0;
     queue_frame(n, &f);
     flush_out(n);

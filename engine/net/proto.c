@@ -26,7 +26,7 @@ typedef struct {
 #define END {F_U8, 0, 0, NULL}
 
 static const field_t schema_hello[] = {U32(version), STR(token), STR(node), U64(node_epoch),
-                                       STR(addr), END};
+                                       STR(addr), U8(state), END};
 static const field_t schema_welcome[] = {U32(version), U64(epoch), STR(target),
                                          U64(node_timeout_ms), END};
 static const field_t schema_reject[] = {STR(reason), END};

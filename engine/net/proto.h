@@ -19,7 +19,8 @@
 #define SL_PROTO_TOKEN_MAX 256
 
 typedef enum {
-    SL_FRAME_HELLO = 1,     /* node → coordinator: version, token, node, node_epoch, addr */
+    SL_FRAME_HELLO = 1,     /* node → coordinator: version, token, node, node_epoch, addr,
+                             * state (1: this process was told it is Stopping; 0 otherwise) */
     SL_FRAME_WELCOME = 2,   /* coordinator → node: version, epoch (of the drain), target,
                              * node_timeout_ms (after which a silent node is declared dead) */
     SL_FRAME_REJECT = 3,    /* coordinator → node: reason (text), then it closes */
