@@ -522,6 +522,27 @@ describe("S schedulers", function()
     ok_check(c)
   end)
 
+  it("L1/S3: a cordoned node gets no new task from basic, drain or balance, and gets them again once uncordoned", function()
+    local c, cl = core_with({ "n1", "n2", "n3" }, 0, { balance_interval_ms = 100, balance_cooldown_ms = 100, drain_batch_size = 4 })
+    assert(c:cordon("n2", true))
+    for i = 1, 6 do assert(c:add_task(("cf-%02d"):format(i), "maintainer")) end
+    cl:tick(0); cl:settle()
+    assert.are.equal(0, c:node("n2").maintainers)
+    assert(c:drain_start("n1", cl.now))
+    for _ = 1, 10 do cl:tick(100); cl:settle() end
+    assert.are.equal(0, c:node("n2").maintainers)
+    assert.are.equal(6, c:node("n3").maintainers)
+    local epoch = c:stats().epoch -- D8: the maintainers report, the drain completes
+    for i = 1, 6 do assert(c:changefeed_report(("cf-%02d"):format(i), epoch, 0, {}, cl.now)) end
+    cl:tick(100); cl:settle()
+    assert.are.equal("completed", c:drain_status("n1", cl.now).state)
+    assert(c:cordon("n2", false))
+    for _ = 1, 40 do cl:tick(100); cl:settle() end
+    assert.are.equal(3, c:node("n2").maintainers) -- balance evens n2 and n3 (n1 is Stopping)
+    ok_check(c)
+    assert.has_error(function() c:cordon("n9", true) end)
+  end)
+
   it("S3: balance never moves a task onto a non-schedulable node", function()
     local c, cl = core_with({ "n1" }, 9, { balance_interval_ms = 1 })
     cl:tick(0); cl:settle()

@@ -441,6 +441,15 @@ int sl_core_node_set_label(sl_core_t *core, const char *id, const char *key, con
     return 0;
 }
 
+int sl_core_node_cordon(sl_core_t *core, const char *id, int cordoned)
+{
+    sl_core__changed(core);
+    sl_node_t *n = sl_core__node(core, id, NULL);
+    if (!n) return SL_ENOENT;
+    n->cordoned = cordoned != 0;
+    return 0;
+}
+
 int sl_core_liveness(sl_core_t *core, const char *id, sl_liveness_t *out)
 {
     sl_node_t *n = sl_core__node(core, id, NULL);

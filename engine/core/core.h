@@ -69,6 +69,10 @@ int sl_core_node_join(sl_core_t *core, const char *id, const char *addr);
 int sl_core_node_leave(sl_core_t *core, const char *id);
 int sl_core_node_set_label(sl_core_t *core, const char *id, const char *key,
                            const char *value);
+/* A cordoned node receives no new task (no placement, move or balance toward it) while it
+ * stays Alive — a node shutting down whose own drain must wait for another (L1). Its
+ * liveness does not change, so it can still be drained. SL_ENOENT for an unknown node. */
+int sl_core_node_cordon(sl_core_t *core, const char *id, int cordoned);
 int sl_core_liveness(sl_core_t *core, const char *id, sl_liveness_t *out);
 /* L1: one CAS. SL_EINVAL when the transition is not allowed, SL_EAGAIN when the node's
  * liveness is not `expected`. */

@@ -47,6 +47,7 @@ typedef struct {
     uint64_t acked_epoch;    /* D5: the newest epoch the node acknowledged */
     uint64_t last_seen_ms;   /* A5: last heartbeat (or join) */
     uint32_t reported_dispatchers; /* D6: dispatchers here, as maintainers last reported */
+    bool cordoned;           /* receives no new task though Alive (sl_core_node_cordon) */
 } sl_node_t;
 
 /* D6: what a changefeed's maintainer last reported. */

@@ -62,6 +62,7 @@ size_t sl_sched__build_view(sl_core_t *core)
         core->view_index[s] = SL_NONE;
         if (s == core->view_exclude) continue;
         if (atomic_load(&node->liveness) != SL_ALIVE) continue; /* L2 */
+        if (node->cordoned) continue;
         if (!sl_drain__gate_open(core, node)) continue;          /* D5 */
         size_t k = core->view_len++;
         core->view[k] = (sl_place_node_t){.id = node->id,

@@ -630,6 +630,16 @@ static int l_bootstrapping(lua_State *L)
     return 1;
 }
 
+/* c:cordon(id, on) */
+static int l_cordon(lua_State *L)
+{
+    sl_core_t *c = check_core(L);
+    int rc = sl_core_node_cordon(c, luaL_checkstring(L, 2), lua_toboolean(L, 3));
+    if (rc) return luaL_error(L, "cordon: %s", sl_strerror(rc));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 static int l_version(lua_State *L)
 {
     lua_pushinteger(L, (lua_Integer)sl_core_version(check_core(L)));
@@ -687,6 +697,7 @@ static const luaL_Reg core_methods[] = {
     {"recover", l_recover},
     {"bootstrapping", l_bootstrapping},
     {"version", l_version},
+    {"cordon", l_cordon},
     {NULL, NULL},
 };
 

@@ -724,6 +724,7 @@ static void on_leaving(conn_t *k, const sl_frame_t *f)
     }
     sl_log(SL_LOG_INFO, "node asks to leave", "node", p->id, "reason", f->reason, NULL);
     p->leaving = 1;
+    sl_core_node_cordon(c->core, p->id, 1); /* nothing new goes there while its drain waits */
     try_leave(c, p);
 }
 
