@@ -125,6 +125,25 @@ describe("e2e API", function()
     healthy(h)
   end)
 
+  it("R3: the captures list and sluice status say what waits for a node", function()
+    if skip_without_curl() then return end
+    h = D.new({})
+    h:serve()
+    assert.are.equal(201, (h:http("POST", "/api/v2/changefeeds", { body = '{"changefeed_id":"cf01","table_count":1}' })))
+    local waiting = D.wait("the changefeed to wait", 5, function()
+      local _, body = h:http("GET", "/api/v2/captures")
+      return body.tasks_waiting == 1 and body.waiting_reason ~= "" and body
+    end)
+    assert.are.equal(false, waiting.bootstrapping)
+    assert.matches("no schedulable node", waiting.waiting_reason)
+    local bin = os.getenv("SLUICE_BIN") or "build/sluice"
+    local p = io.popen(("SLUICE_SERVER=127.0.0.1:%d SLUICE_TOKEN=%s %s status 2>&1"):format(
+      h.http_port, h.token, bin))
+    local out = p:read("a")
+    p:close()
+    assert.matches("waiting: 1 maintainers have no node: [^\n]*no schedulable node", out)
+  end)
+
   it("D4: a restarted coordinator answers NOT_READY while it bootstraps", function()
     if skip_without_curl() then return end
     h = D.new({ serve_flags = "--bootstrap-ms 3000" })
@@ -135,6 +154,11 @@ describe("e2e API", function()
     expect_error(h, "PUT", "/api/v2/captures/n1/drain", 503, "NOT_READY")
     local _, hb = h:http("GET", "/api/v2/health", { token = false })
     assert.are.equal(true, hb.bootstrapping)
+    local p = io.popen(("SLUICE_SERVER=127.0.0.1:%d SLUICE_TOKEN=%s %s status 2>&1"):format(
+      h.http_port, h.token, os.getenv("SLUICE_BIN") or "build/sluice"))
+    local out = p:read("a")
+    p:close()
+    assert.matches("coordinator: bootstrapping after a restart", out, 1, true) -- R3: not a normal-looking table
     D.wait("bootstrap to end", 10, function()
       local _, b = h:http("GET", "/api/v2/health", { token = false })
       return b.ready

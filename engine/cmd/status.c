@@ -194,6 +194,14 @@ int sl_cmd_status(int argc, char **argv)
         }
     }
     printf("%zu nodes, %lld maintainers, %lld dispatchers\n", json_array_size(items), tm, td);
+    if (json_is_true(json_object_get(res.json, "bootstrapping")))
+        printf("coordinator: bootstrapping after a restart — nodes are reporting back, the counts "
+               "above may be partial and drains wait\n");
+    if (jint(res.json, "tasks_waiting") > 0) {
+        const char *why = jstr(res.json, "waiting_reason", "");
+        printf("waiting: %lld maintainers have no node%s%s\n", jint(res.json, "tasks_waiting"),
+               why[0] ? ": " : "", why);
+    }
     sl_client_response_free(&res);
     int rc = 0;
     if (target == NULL) {

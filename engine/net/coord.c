@@ -1079,7 +1079,15 @@ static void h_captures(void *arg, const sl_http_request_t *req, sl_http_response
                              "leaving", p && p->leaving, /* L1: it is shutting down */
                              "node_epoch", (json_int_t)(p ? p->node_epoch : 0)));
     }
-    sl_http_respond_json(res, 200, json_pack("{s:o,s:i}", "items", items, "total", (int)json_array_size(items)));
+    /* what the table of nodes alone would hide: tasks placed nowhere, and a coordinator
+     * still hearing back from the nodes after a restart (its counts are partial then) */
+    sl_core_stats_t st;
+    sl_core_stats(c->core, &st);
+    sl_http_respond_json(res, 200, json_pack("{s:o,s:i,s:i,s:s,s:b}", "items", items, "total",
+                                             (int)json_array_size(items), "tasks_waiting",
+                                             (int)st.absent, "waiting_reason",
+                                             st.waiting ? st.waiting : "", "bootstrapping",
+                                             sl_core_bootstrapping(c->core)));
 }
 
 static void h_drain_put(void *arg, const sl_http_request_t *req, sl_http_response_t *res)
