@@ -123,6 +123,10 @@ describe("e2e drain", function()
     h:cluster(3, CF, TABLES)
     local code = h:http("PUT", "/api/v2/captures/n1/drain")
     assert.are.equal(202, code)
+    -- R2: an operator follows it with --watch, which must ride out the restart
+    local watch = h.dir .. "/watch.out"
+    os.execute(("sh -c 'SLUICE_SERVER=127.0.0.1:%d SLUICE_TOKEN=%s %s drain n1 --watch >%s 2>&1; echo $? >%s.rc' &")
+      :format(h.http_port, h.token, os.getenv("SLUICE_BIN") or "build/sluice", watch, watch))
     D.sleep(0.3)
     assert.are.equal("draining", drain_status(h, "n1").state)
     h:kill(h.serve_pid, "KILL")
@@ -137,6 +141,9 @@ describe("e2e drain", function()
       return s.state == "completed", s.state
     end)
     assert.are.equal("stopping", liveness(h, "n1"))
+    local rc = D.wait("the watch to end", 20, function() return D.read(watch .. ".rc") end)
+    assert.are.equal("0", rc:match("%d+"), D.read(watch))
+    assert.matches("drain of n1 completed", D.read(watch), 1, true)
     -- A6: every changefeed came back from the store
     local _, list = h:http("GET", "/api/v2/changefeeds")
     assert.are.equal(CF, list.total)

@@ -205,6 +205,24 @@ static int watch(sl_client_t *c, const char *id, const char *esc, int interval_m
             sleep_ms(interval_ms);
             continue;
         }
+        if (res.status == 503 && !strcmp(jstr(res.json, "error_code", ""), "NOT_READY")) {
+            /* D4: a restarted coordinator hears back from the nodes first; the drain resumes */
+            if (unreachable_since < 0) {
+                unreachable_since = mono_s();
+                if (drawn)
+                    clear_bar();
+                drawn = 0;
+                fprintf(stderr, "sluice: the coordinator is bootstrapping after a restart; waiting "
+                                "for up to %d s\n", WATCH_RETRY_S);
+            } else if (mono_s() - unreachable_since > WATCH_RETRY_S) {
+                fprintf(stderr, "sluice: the coordinator is still bootstrapping; giving up\n");
+                sl_client_response_free(&res);
+                break;
+            }
+            sl_client_response_free(&res);
+            sleep_ms(interval_ms);
+            continue;
+        }
         unreachable_since = -1;
         if (res.status != 200 || res.json == NULL) {
             char text[1024];

@@ -1141,8 +1141,9 @@ static void h_drain_get(void *arg, const sl_http_request_t *req, sl_http_respons
     }
     sl_drain_status_t s;
     int rc = sl_core_drain_status(c->core, id, now, &s);
-    /* a node that has not reconnected yet after a restart may still come back (D4) */
-    if (rc == SL_ENOENT && sl_core_bootstrapping(c->core)) rc = SL_ENOTREADY;
+    /* D4: while a restarted coordinator hears back from the nodes, the drain it recovered
+     * has not resumed yet and a node may not have reconnected: "none" would be a lie */
+    if (sl_core_bootstrapping(c->core)) rc = SL_ENOTREADY;
     if (rc) {
         respond_core_error(res, rc, id);
         return;
