@@ -507,6 +507,17 @@ describe("S schedulers", function()
     ok_check(c)
   end)
 
+  it("S3: a node that joins an evenly loaded cluster is fed up to the fair share", function()
+    -- 5/5/5/5 and a new n5: every node is within average + tolerance of 4, yet n5 has none
+    local c, cl = core_with({ "n1", "n2", "n3", "n4" }, 20, { balance_interval_ms = 100, max_operators = 64 })
+    cl:tick(0); cl:settle()
+    assert(c:join("n5"))
+    for _ = 1, 30 do cl:tick(100); cl:settle() end
+    local p = cl:placement()
+    assert.are.same({ 4, 4, 4, 4, 4 }, { p.n1, p.n2, p.n3, p.n4, p.n5 })
+    ok_check(c)
+  end)
+
   it("S3: balance converges: the moves it keeps leave no destination above its origin", function()
     local c, cl = core_with({ "n1" }, 7, { balance_interval_ms = 100, max_operators = 64 })
     cl:tick(0); cl:settle()

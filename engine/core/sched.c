@@ -425,8 +425,8 @@ static int64_t kind_load(const sl_node_t *n, int kind)
     return (int64_t)n->count[kind] + n->ops_to - n->ops_from;
 }
 
-/* S3, one kind: candidates from nodes above ceil(average) + tolerance, placed by the
- * policy; a decided move is kept only if the destination stays below the origin (loads
+/* S3, one kind: candidates from nodes above ceil(average) + tolerance (above the average
+ * alone while some node is more than the tolerance below it), placed by the policy; a decided move is kept only if the destination stays below the origin (loads
  * projected as moves are kept), so balance converges instead of swinging back. Each kind
  * is evened on its own — what least-loaded policies place by — because a maintainer's
  * move also carries its trigger dispatcher (D7): on a mixed count, moving two maintainers
@@ -437,12 +437,20 @@ static void balance_kind(sl_core_t *core, int kind, size_t nv, uint32_t room)
     int64_t total = 0;
     for (size_t k = 0; k < nv; k++) total += kind_load(&core->nodes[core->view_slot[k]], kind);
     if (total <= 0) return;
-    int64_t fair = (total + (int64_t)nv - 1) / (int64_t)nv;
+    int64_t fair = (total + (int64_t)nv - 1) / (int64_t)nv, tol = core->cfg.balance_tolerance;
+    /* a node far below the fair share (one that just joined) is fed from every node above
+     * it, not only from those above fair + tolerance: 5/5/5/5/0 becomes 4/4/4/4/4 */
+    int64_t low = INT64_MAX;
+    for (size_t k = 0; k < nv; k++) {
+        int64_t l = kind_load(&core->nodes[core->view_slot[k]], kind);
+        if (l < low) low = l;
+    }
+    int64_t over = low < fair - tol ? fair : fair + tol;
     size_t n = 0;
     for (size_t k = 0; k < nv && n < room; k++) {
         sl_node_t *node = &core->nodes[core->view_slot[k]];
         int64_t load = kind_load(node, kind);
-        if (load <= fair + (int64_t)core->cfg.balance_tolerance) continue;
+        if (load <= over) continue;
         int64_t surplus = load - fair;
         for (int32_t t = node->head; t != SL_NONE && surplus > 0 && n < room; t = core->tasks[t].next) {
             sl_task_t *task = &core->tasks[t];
