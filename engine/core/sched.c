@@ -385,12 +385,18 @@ static void drain(sl_core_t *core)
     if (cap < room) room = cap;
     if (!room || target->head == SL_NONE) return;
     if (drain_waits_for_acks(core, target)) return;
-    if (!sl_sched__build_view(core)) { /* D10 */
-        snprintf(core->drain_blocked, sizeof core->drain_blocked,
-                 "no schedulable destination%s",
-                 core->cfg.epoch_gate && core->record.epoch
-                     ? " (no Alive node has acknowledged the current epoch yet)"
-                     : "");
+    if (!sl_sched__build_view(core)) { /* D10: say which of the reasons it is */
+        uint32_t alive = 0, open = 0;
+        for (size_t i = 0; i < core->node_order.len; i++) {
+            const sl_node_t *n = &core->nodes[core->node_order.v[i]];
+            if (n == target || atomic_load(&n->liveness) != SL_ALIVE) continue;
+            alive++;
+            open += !n->cordoned;
+        }
+        snprintf(core->drain_blocked, sizeof core->drain_blocked, "no schedulable destination%s",
+                 !alive  ? ": no other node is Alive"
+                 : !open ? ": every other Alive node is shutting down (cordoned)"
+                         : " (no Alive node has acknowledged the current epoch yet)");
         sl_core__wait(core, "drain of %s blocked: %s", target->id, core->drain_blocked);
         return;
     }
