@@ -379,6 +379,23 @@ describe("D4 recovery announces the stored record", function()
   end)
 end)
 
+describe("D11 an ended drain's figures stay put", function()
+  it("D11: the speed of a completed drain is over its own duration and does not decay", function()
+    local c, cl = setup({ "n1", "n2", "n3" }, 4)
+    assert(c:drain_start("n1", cl.now))
+    for _ = 1, 5 do
+      cl:tick(100); cl:settle()
+      report_all(c, cl, 0)
+    end
+    cl:tick(100); cl:settle()
+    local done = c:drain_status("n1", cl.now)
+    assert.are.equal("completed", done.state)
+    assert.is_true(done.current_speed > 0)
+    local later = c:drain_status("n1", cl.now + 60000)
+    assert.are.equal(done.current_speed, later.current_speed)
+  end)
+end)
+
 describe("D11 the status is keyed by the core's version", function()
   -- The coordinator serves GET …/drain again while version and millisecond stay the same
   -- (B5); that is only right if every event moves the version and no read does.

@@ -537,9 +537,11 @@ int sl_core_drain_status(sl_core_t *core, const char *id, uint64_t now_ms, sl_dr
         out->progress = left >= total ? 0 : 1 - left / total;
         if (out->state == SL_DRAIN_DRAINING && out->progress > 0.999) out->progress = 0.999;
     }
-    double elapsed = core->now_ms > rec->started_at_ms
-                         ? (double)(core->now_ms - rec->started_at_ms) / 1000.0
-                         : 0;
+    /* an ended drain's speed is over its own duration: it does not decay afterwards */
+    uint64_t end = out->state != SL_DRAIN_DRAINING && core->drain_ended && core->drain_ended_ms
+                       ? core->drain_ended_ms
+                       : core->now_ms;
+    double elapsed = end > rec->started_at_ms ? (double)(end - rec->started_at_ms) / 1000.0 : 0;
     double moved = total > left ? total - left : 0;
     out->speed = elapsed > 0 ? moved / elapsed : 0;
     if (out->state == SL_DRAIN_DRAINING && out->speed > 0) out->left_seconds = left / out->speed;
