@@ -261,6 +261,8 @@ describe("D9/D10/L4", function()
     assert.are.equal("alive", c:liveness("n1"))
     assert.are.equal("", store:drain().target)
     assert.are.equal("cancelled", c:drain_status("n1", 1).state)
+    -- D11: and it says why, which an operator's cancel would not
+    assert.matches("it is the last node %(L4%)", c:drain_status("n1", 1).blocked)
   end)
 end)
 

@@ -155,6 +155,7 @@ struct sl_core {
     char last_target[SL_ID_MAX]; /* the node of the latest drain, and how it ended */
     sl_drain_state_t last_state;
     sl_drain_record_t last_record;
+    char last_why[SL_ERRMSG_MAX]; /* why it ended when not by D8 or an operator, or "" */
     char drain_blocked[SL_ERRMSG_MAX];
     uint64_t join_seq;
     uint64_t last_notify_ms;

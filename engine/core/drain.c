@@ -69,6 +69,7 @@ void sl_drain__ended(sl_core_t *core, sl_drain_state_t how, const char *why)
     snprintf(core->last_target, sizeof core->last_target, "%s", core->nodes[core->drain_target].id);
     core->last_state = how;
     core->last_record = core->record;
+    snprintf(core->last_why, sizeof core->last_why, "%s", why ? why : "");
     bool controlled = core->drain_controlled;
     sl_core__drain_clear(core);
     if (!controlled) return;
@@ -136,6 +137,7 @@ int sl_core_drain_start(sl_core_t *core, const char *id, uint64_t now_ms, sl_dra
         atomic_compare_exchange_strong(&n->liveness, &e, SL_STOPPING);
         snprintf(core->last_target, sizeof core->last_target, "%s", n->id);
         core->last_state = SL_DRAIN_COMPLETED;
+        core->last_why[0] = '\0';
         core->last_record = rec;
         set_record(core, &done);
         notify_all(core);
@@ -159,6 +161,7 @@ int sl_core_drain_start(sl_core_t *core, const char *id, uint64_t now_ms, sl_dra
     }
     snprintf(core->last_target, sizeof core->last_target, "%s", n->id);
     core->last_state = SL_DRAIN_DRAINING;
+    core->last_why[0] = '\0';
     core->last_record = rec;
     notify_all(core);
     return 0;
@@ -187,6 +190,7 @@ int sl_core_drain_cancel(sl_core_t *core, const char *id, uint64_t now_ms)
     atomic_compare_exchange_strong(&n->liveness, &e, SL_ALIVE);
     snprintf(core->last_target, sizeof core->last_target, "%s", n->id);
     core->last_state = SL_DRAIN_CANCELLED;
+    core->last_why[0] = '\0'; /* an operator's cancel needs no reason given back */
     core->last_record = core->record;
     sl_core__drain_clear(core); /* moves already running finish; no new one starts */
     set_record(core, &rec);
@@ -369,11 +373,14 @@ static void finish_bootstrap(sl_core_t *core)
             set_record(core, &rec);
             snprintf(core->last_target, sizeof core->last_target, "%s", rec.target);
             core->last_state = SL_DRAIN_DRAINING;
+            core->last_why[0] = '\0';
             core->last_record = rec;
         } else {
             /* the target vanished meanwhile: its record is cleared */
             snprintf(core->last_target, sizeof core->last_target, "%s", rec.target);
             core->last_state = SL_DRAIN_LOST;
+            snprintf(core->last_why, sizeof core->last_why,
+                     "the target did not come back after the coordinator restarted (D9)");
             core->last_record = rec;
             sl_drain_record_t cleared = {.epoch = rec.epoch + 1};
             persist_record(core, &cleared);
@@ -519,7 +526,7 @@ int sl_core_drain_status(sl_core_t *core, const char *id, uint64_t now_ms, sl_dr
             out->remaining_maintainers = c.maintainers;
             out->remaining_dispatchers = c.dispatchers;
         }
-        if (core->last_state == SL_DRAIN_LOST) out->blocked = "the target left the cluster (D9)";
+        out->blocked = core->last_why; /* "the target left the cluster (D9)", L4, … */
     } else if (n) {
         out->state = SL_DRAIN_NONE;
         return 0;

@@ -433,11 +433,13 @@ static void log_drain(sl_coord_t *c)
             sl_log(SL_LOG_INFO, "drain started", "target", t, "epoch", epoch, NULL);
         } else if (!t && c->log_target[0]) {
             sl_drain_status_t s;
-            const char *state = "ended";
-            if (sl_core_drain_status(c->core, c->log_target, now_ms(c), &s) == 0)
+            const char *state = "ended", *why = NULL;
+            if (sl_core_drain_status(c->core, c->log_target, now_ms(c), &s) == 0) {
                 state = sl_drain_state_name(s.state);
+                if (s.blocked && s.blocked[0]) why = s.blocked; /* L4, D9 */
+            }
             sl_log(s.state == SL_DRAIN_LOST ? SL_LOG_WARN : SL_LOG_INFO, "drain ended", "target",
-                   c->log_target, "state", state, "epoch", epoch, NULL);
+                   c->log_target, "state", state, "epoch", epoch, "reason", why, NULL);
         }
         snprintf(c->log_target, sizeof c->log_target, "%s", t ? t : "");
         c->log_epoch = st.epoch;
