@@ -11,6 +11,15 @@
  * anything, and a node answers only once none of that changefeed's dispatchers is halfway
  * through a start or stop, so the answer is the truth and stays the truth.
  *
+ * A2: a maintainer stopped because its changefeed was deleted (sl_msg_t.removed) has no
+ * successor to adopt its dispatchers, so it sweeps them first: a remove operator of its own
+ * core for each one, wherever it runs or is on its way to (after an add or move under way,
+ * O1; retried, O7; over when the node says it stopped or is gone). Only when none is left
+ * does it stop, with its trigger dispatcher (D7), and report itself stopped: the
+ * coordinator's REMOVE ends when nothing of the changefeed runs, and a lost stop is
+ * retried instead of leaving a dispatcher behind. A maintainer still bootstrapping sweeps
+ * what the nodes report once they have answered.
+ *
  * Iteration follows insertion order everywhere (tasks, maintainers, nodes): the same
  * events give the same messages in the same order (M1). */
 #include <stdbool.h>
@@ -29,6 +38,7 @@ typedef struct {
     uint8_t have; /* sl_agent_task_state_t */
     bool want;
     bool trigger;
+    bool removed; /* a maintainer told to stop for good: its changefeed was deleted (A2) */
     uint32_t weight;
 } task_t;
 
@@ -47,9 +57,11 @@ typedef struct {
 
 typedef struct {
     char cf[SL_ID_MAX];
+    int32_t task; /* the maintainer's own entry in the task table (never moves) */
     uint32_t tables;
     uint64_t incarnation;
     sl_core_t *core; /* NULL while bootstrapping */
+    bool sweep; /* A2: removing every dispatcher before it stops itself */
     /* bootstrap: nodes still to answer, and what the others run */
     joined_t *waiting;
     size_t nwaiting, waiting_cap;
@@ -92,6 +104,7 @@ struct sl_agent {
     size_t ncfs, cfs_cap;
     maint_t **maints;
     size_t nmaints, maints_cap;
+    size_t nsweeps; /* maintainers sweeping (A2): most events have none to look at */
 
     /* the cluster view (newest version) and the drain this node knows (D5) */
     vnode_t *view;
@@ -201,6 +214,11 @@ static task_t *task_get(sl_agent_t *a, const char *id, sl_task_kind_t kind, cons
 static void trigger_id(char *out, const char *cf)
 {
     snprintf(out, SL_ID_MAX, "%.*s/trigger", SL_ID_MAX - 9, cf);
+}
+
+static void dispatcher_id(char *out, const char *cf, uint32_t table)
+{
+    snprintf(out, SL_ID_MAX, "%.*s/t%u", SL_ID_MAX - 16, cf, table);
 }
 
 /* ---- outbox ---------------------------------------------------------------------------------- */
@@ -486,6 +504,26 @@ static void maint_ask(sl_agent_t *a, maint_t *m, const char *node)
     x->issuer = m->incarnation;
 }
 
+/* A2: a remove operator for every dispatcher of the changefeed. Those that run nowhere go
+ * first and at once (no scheduling round runs in between that could place one); the rest
+ * wait behind an add or move under way (O1), so a dispatcher that is starting somewhere
+ * ends stopped there too. Removing twice is harmless: a retried STOP changes nothing. */
+static void sweep_tasks(sl_agent_t *a, maint_t *m)
+{
+    char id[SL_ID_MAX];
+    sl_task_info_t ti;
+    for (uint32_t i = 1; i <= m->tables; i++) {
+        dispatcher_id(id, m->cf, i);
+        if (sl_core_task_info(m->core, id, &ti) == 0 && !ti.node && !ti.has_operator)
+            sl_core_task_remove(m->core, id);
+    }
+    for (uint32_t i = 1; i <= m->tables; i++) {
+        dispatcher_id(id, m->cf, i);
+        sl_core_task_remove(m->core, id); /* SL_ENOENT: already gone */
+    }
+    maint_flush(a, m);
+}
+
 /* Bootstrap is over: build the core, adopt what the nodes run, place only the rest. */
 static void maint_finish_bootstrap(sl_agent_t *a, maint_t *m)
 {
@@ -505,7 +543,7 @@ static void maint_finish_bootstrap(sl_agent_t *a, maint_t *m)
     sl_core_set_policy(m->core, a->policy);
     char id[SL_ID_MAX];
     for (uint32_t i = 1; i <= m->tables; i++) {
-        snprintf(id, sizeof id, "%.*s/t%u", SL_ID_MAX - 16, m->cf, i);
+        dispatcher_id(id, m->cf, i);
         sl_core_task_add(m->core, id, SL_TASK_DISPATCHER, m->cf, 1);
     }
     m->njoined = 0; /* from here on `joined` is what the core knows */
@@ -514,6 +552,7 @@ static void maint_finish_bootstrap(sl_agent_t *a, maint_t *m)
     for (size_t i = 0; i < m->nfound; i++)
         sl_core_report(m->core, m->found_node[m->found[i].count], m->found[i].id,
                        SL_REPORT_WORKING, a->now_ms);
+    if (m->sweep) sweep_tasks(a, m); /* A2: deleted while it bootstrapped: all of it goes */
     maint_sync(a, m); /* liveness and the drain target */
     free(m->found);
     free(m->found_node);
@@ -545,6 +584,7 @@ static void maint_start(sl_agent_t *a, task_t *t)
         return;
     }
     copy_id(m->cf, t->cf);
+    m->task = (int32_t)(t - a->tasks);
     m->tables = t->weight;
     /* newer than any incarnation of this changefeed before it: the previous one stopped
      * (or its node died) before this one was started, and time only grows */
@@ -555,8 +595,8 @@ static void maint_start(sl_agent_t *a, task_t *t)
     /* D7: the table trigger dispatcher starts here, with the maintainer */
     char tid[SL_ID_MAX];
     trigger_id(tid, m->cf);
-    task_t *trig = task_get(a, tid, SL_TASK_DISPATCHER, m->cf, 1, true);
-    if (trig) {
+    task_t *trig = t->want ? task_get(a, tid, SL_TASK_DISPATCHER, m->cf, 1, true) : NULL;
+    if (trig) { /* (a maintainer started only to sweep a deleted changefeed starts none) */
         trig->want = true;
         if (trig->have == SL_AGENT_STOPPED) {
             trig->have = SL_AGENT_STARTING;
@@ -580,6 +620,7 @@ static void maint_remove(sl_agent_t *a, const char *cf)
 {
     for (size_t i = 0; i < a->nmaints; i++) {
         if (strcmp(a->maints[i]->cf, cf) != 0) continue;
+        if (a->maints[i]->sweep) a->nsweeps--;
         maint_free(a->maints[i]);
         memmove(&a->maints[i], &a->maints[i + 1], (a->nmaints - i - 1) * sizeof *a->maints);
         a->nmaints--;
@@ -699,6 +740,21 @@ static void report_if_stable(sl_agent_t *a, task_t *t)
     }
 }
 
+/* A2: whether the maintainer of a deleted changefeed must keep running, because some of its
+ * dispatchers still run (it sweeps them) or it does not know yet where they run (it is
+ * bootstrapping). The sweep begins here, once. */
+static bool maint_sweeping(sl_agent_t *a, task_t *t)
+{
+    maint_t *m = maint_find(a, t->cf);
+    if (!m || (!t->removed && !m->sweep)) return false;
+    if (!m->sweep) {
+        m->sweep = true;
+        a->nsweeps++;
+        if (m->core) sweep_tasks(a, m);
+    }
+    return !m->core || sl_core_task_count(m->core) > 0;
+}
+
 static void drive(sl_agent_t *a, task_t *t)
 {
     sl_agent_task_t dt = {t->id, (sl_task_kind_t)t->kind, t->cf, t->weight, t->trigger};
@@ -706,6 +762,7 @@ static void drive(sl_agent_t *a, task_t *t)
         t->have = SL_AGENT_STARTING;
         a->driver->start(a->driver_ctx, a, &dt);
     } else if (!t->want && t->have == SL_AGENT_RUNNING) {
+        if (t->kind == SL_TASK_MAINTAINER && maint_sweeping(a, t)) return; /* sweeps_finish */
         t->have = SL_AGENT_STOPPING;
         if (t->kind == SL_TASK_MAINTAINER) {
             /* the maintainer stops scheduling at once; its trigger dispatcher goes with it */
@@ -721,6 +778,32 @@ static void drive(sl_agent_t *a, task_t *t)
             }
         }
         a->driver->stop(a->driver_ctx, a, &dt);
+    }
+}
+
+/* A2: maintainers whose sweep is over stop now, with their trigger dispatcher (D7), and
+ * report stopped when both are. One that was started again meanwhile (the changefeed was
+ * created anew under the same id) begins again as a new incarnation that places every
+ * table. Called after every event that may have ended a dispatcher's removal. */
+static void sweeps_finish(sl_agent_t *a)
+{
+    for (size_t i = 0; a->nsweeps && i < a->nmaints;) {
+        maint_t *m = a->maints[i];
+        task_t *t = &a->tasks[m->task];
+        if (!m->sweep || !m->core || sl_core_task_count(m->core) > 0 ||
+            t->have != SL_AGENT_RUNNING) {
+            i++;
+            continue;
+        }
+        /* either way `m` leaves the list and the next one slides into i */
+        if (t->want) {
+            t->removed = false;
+            maint_remove(a, t->cf);
+            maint_start(a, t);
+        } else {
+            drive(a, t);
+            report_if_stable(a, t);
+        }
     }
 }
 
@@ -856,14 +939,17 @@ int sl_agent_coord_msg(sl_agent_t *agent, const sl_msg_t *m, uint64_t now_ms)
                          m->changefeed[0] ? m->changefeed : m->task,
                          m->type == SL_MSG_START ? m->weight : 0, false);
     if (!t) return SL_ENOMEM;
+    /* A2: kept until a START (a changefeed created anew under the same id); a retried STOP
+     * with the same op_id finds the sweep under way and changes nothing */
+    if (m->type == SL_MSG_STOP && m->removed && t->kind == SL_TASK_MAINTAINER) t->removed = true;
+    if (m->type == SL_MSG_START) t->removed = false;
     command(agent, t, m->type == SL_MSG_START);
+    sweeps_finish(agent);
     return 0;
 }
 
-int sl_agent_recv(sl_agent_t *agent, const sl_agent_msg_t *m, uint64_t now_ms)
+static int recv_msg(sl_agent_t *a, const sl_agent_msg_t *m)
 {
-    sl_agent_t *a = agent;
-    clock_to(a, now_ms);
     if (m->type != SL_AMSG_HEARTBEAT && m->node_epoch && m->node_epoch != a->node_epoch)
         return 0; /* meant for an incarnation of this node that died: its tasks died too */
     switch (m->type) {
@@ -912,6 +998,14 @@ int sl_agent_recv(sl_agent_t *agent, const sl_agent_msg_t *m, uint64_t now_ms)
     }
 }
 
+int sl_agent_recv(sl_agent_t *agent, const sl_agent_msg_t *m, uint64_t now_ms)
+{
+    clock_to(agent, now_ms);
+    int rc = recv_msg(agent, m);
+    sweeps_finish(agent); /* a dispatcher's stop, or a bootstrap that ended, may end a sweep */
+    return rc;
+}
+
 int sl_agent_view(sl_agent_t *agent, uint64_t version, const sl_agent_node_t *nodes, size_t n,
                   const char *drain_target, uint64_t drain_epoch, uint64_t now_ms)
 {
@@ -941,6 +1035,7 @@ int sl_agent_view(sl_agent_t *agent, uint64_t version, const sl_agent_node_t *no
             maint_bootstrap_view(a, m);
         }
     }
+    sweeps_finish(a); /* a node that left took its dispatchers with it */
     return 0;
 }
 
@@ -968,13 +1063,16 @@ int sl_agent_task_started(sl_agent_t *agent, const char *task, uint64_t now_ms)
     if (i < 0 || a->tasks[i].have != SL_AGENT_STARTING) return SL_ENOENT;
     task_t *t = &a->tasks[i];
     t->have = SL_AGENT_RUNNING;
-    if (t->kind == SL_TASK_MAINTAINER && t->want) {
+    if (t->kind == SL_TASK_MAINTAINER && (t->want || t->removed)) {
+        /* (removed: stopped for good while it started; it still bootstraps, to learn where
+         * an earlier incarnation left dispatchers, and sweeps them, A2) */
         maint_start(a, t);
         t = &a->tasks[task_find(a, task)]; /* the table may have grown */
     }
     if (!t->want) drive(a, t);
     report_if_stable(a, t);
     after_completion(a, t);
+    sweeps_finish(a);
     return 0;
 }
 
@@ -1011,6 +1109,7 @@ int sl_agent_tick(sl_agent_t *agent, uint64_t now_ms)
         maint_flush(a, m);
         maint_report(a, m, beat); /* D6: on every change and every heartbeat */
     }
+    sweeps_finish(a);
     return 0;
 }
 

@@ -21,7 +21,11 @@
  * heartbeat with node id, node epoch and, for a coordinator's bootstrap, the maintainers it
  * runs). A moved maintainer rebuilds its placement from the nodes' own answers before it
  * places anything, and commands of an older maintainer incarnation are fenced off, so a
- * dispatcher never runs on two nodes and is never lost. */
+ * dispatcher never runs on two nodes and is never lost. A2: a maintainer stopped because
+ * its changefeed was deleted (sl_msg_t.removed) first stops every dispatcher of it on every
+ * node — those starting or moving too, those an earlier incarnation left, learnt by its
+ * bootstrap — and reports itself stopped only once none runs; its trigger goes last, with
+ * it. */
 #ifndef SL_AGENT_H
 #define SL_AGENT_H
 
@@ -121,7 +125,9 @@ void sl_agent_set_policy(sl_agent_t *agent, sl_policy_t *policy);
 /* ---- events ---------------------------------------------------------------------------------- */
 
 /* A message from the coordinator's outbox addressed to this node: START/STOP of a
- * maintainer, DRAIN (D5). */
+ * maintainer, DRAIN (D5). A STOP with `removed` (the changefeed was deleted, A2) is
+ * answered "stopped" only after the maintainer stopped all its dispatchers; retried, it
+ * changes nothing. */
 int sl_agent_coord_msg(sl_agent_t *agent, const sl_msg_t *m, uint64_t now_ms);
 /* A message from another node's agent (or this one's, routed back). */
 int sl_agent_recv(sl_agent_t *agent, const sl_agent_msg_t *m, uint64_t now_ms);
