@@ -643,6 +643,8 @@ static void stop_unknown(sl_coord_t *c, conn_t *k, const char *task)
     snprintf(f.task, sizeof f.task, "%s", task);
     snprintf(f.changefeed, sizeof f.changefeed, "%s", task);
     f.kind = SL_TASK_MAINTAINER;
+    /* no such changefeed (deleted, perhaps before a restart): its dispatchers go too */
+    f.state = cf_index(c, task) < 0;
     sl_log(SL_LOG_WARN, "unknown maintainer stopped", "node", k->node, "task", task, NULL);
     conn_queue(k, &f);
 }
