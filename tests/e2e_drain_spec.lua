@@ -167,18 +167,20 @@ describe("e2e drain", function()
         return drain_status(h, id).state == "completed"
       end)
     end
+    h:kill(h.agents.n3.pid, "STOP") -- n3 comes back only after the restarted coordinator's bootstrap
     h:kill(h.serve_pid, "KILL")
     assert.is_true(h:reap(h.serve_pid, 5))
     h:kill(h.agents.n2.pid, "KILL") -- n2's machine is replaced while the coordinator is down
     assert.is_true(h:reap(h.agents.n2.pid, 5))
     h:serve()
     h:agent("n2") -- a new process with the old id
-    D.wait("both to be back", 15, function()
-      return liveness(h, "n2") ~= nil and liveness(h, "n3") ~= nil
-    end)
     D.wait("bootstrap to end", 15, function()
       local _, body = h:http("GET", "/api/v2/health", { token = false })
       return type(body) == "table" and not body.bootstrapping
+    end)
+    h:kill(h.agents.n3.pid, "CONT")
+    D.wait("both to be back", 15, function()
+      return liveness(h, "n2") ~= nil and liveness(h, "n3") ~= nil
     end)
     assert.are.equal("alive", liveness(h, "n2"))
     assert.are.equal("stopping", liveness(h, "n3"))

@@ -594,6 +594,10 @@ static void on_hello(conn_t *k, const sl_frame_t *f)
         }
         sl_log(SL_LOG_INFO, "node joined", "node", f->node, "addr", f->addr[0] ? f->addr : k->peer,
                "node_epoch", epoch, NULL);
+        /* D4/L5: a drained process that rejoins says it is Stopping — also after bootstrap,
+         * when no stored mark is left to say so; it would refuse new tasks anyway */
+        if (f->state && sl_core_liveness_cas(c->core, f->node, SL_ALIVE, SL_STOPPING) == 0)
+            sl_log(SL_LOG_INFO, "node rejoined Stopping", "node", f->node, NULL);
     } else {
         sl_log(SL_LOG_INFO, "node reconnected", "node", f->node, "node_epoch", epoch, NULL);
     }
