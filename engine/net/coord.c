@@ -943,7 +943,7 @@ static void policy_swap(void *arg, sl_policy_t *next)
 static void policy_reloaded(void *arg, int rc, sl_reload_trigger_t trigger,
                             const sl_policy_info_t *info)
 {
-    const char *via = trigger == SL_RELOAD_WATCH ? "watch" : "api";
+    const char *via = trigger == SL_RELOAD_WATCH ? "watch" : trigger == SL_RELOAD_START ? "start" : "api";
     if (rc < 0) {
         sl_log(SL_LOG_ERROR, info->version ? "policy reload failed: using previous policy"
                                            : "policy load failed: using the built-in policy",

@@ -222,7 +222,7 @@ int sl_policy_registry_open(const char *dir, const char *file, const sl_policy_l
         sl_policy_limits_default(&r->lim);
     if (hooks != NULL)
         r->hooks = *hooks;
-    attempt(r, SL_RELOAD_API, 0, NULL, 0);
+    attempt(r, SL_RELOAD_START, 0, NULL, 0);
     *out = r;
     return 0;
 }

@@ -45,8 +45,9 @@ typedef struct {
 } sl_policy_info_t;
 
 typedef enum {
-    SL_RELOAD_API = 0,   /* sl_policy_registry_reload(): API, REPL, start-up */
+    SL_RELOAD_API = 0,   /* sl_policy_registry_reload(): API, REPL */
     SL_RELOAD_WATCH = 1, /* the directory watcher */
+    SL_RELOAD_START = 2, /* the first load, when the registry opens */
 } sl_reload_trigger_t;
 
 typedef struct {

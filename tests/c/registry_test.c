@@ -38,10 +38,13 @@ static void on_swap(void *arg, sl_policy_t *next)
     swapped_at = mono_ms();
 }
 
+static int last_trigger = -1;
+
 static void on_reloaded(void *arg, int rc, sl_reload_trigger_t trigger, const sl_policy_info_t *info)
 {
     if (rc != 0)
         fails++;
+    last_trigger = (int)trigger;
 }
 
 static const char *policy_src(const char *name)
@@ -160,6 +163,7 @@ int main(void)
     TAP_CHECK(rc == 0 && info.version == 1 && !strcmp(info.name, "first") && swaps == 1 &&
                   info.last_error[0] == '\0' && info.loaded_at_ms > 0,
               "P4: a sound policy loads at open: version 1, swap hook called");
+    TAP_CHECK(last_trigger == SL_RELOAD_START, "P4: the load at open is reported as the start, not the API");
 
     /* explicit reload of the same file: a new state, version grows */
     rc = sl_policy_registry_reload(r, err, sizeof err);
