@@ -945,9 +945,9 @@ static void policy_reloaded(void *arg, int rc, sl_reload_trigger_t trigger,
 {
     const char *via = trigger == SL_RELOAD_WATCH ? "watch" : trigger == SL_RELOAD_START ? "start" : "api";
     if (rc < 0) {
-        sl_log(SL_LOG_ERROR, info->version ? "policy reload failed: using previous policy"
-                                           : "policy load failed: using the built-in policy",
-               "file", info->path, "trigger", via, "error", info->last_error, NULL);
+        /* last_error already says which policy stays ("using previous policy: …") */
+        sl_log(SL_LOG_ERROR, info->version ? "policy reload failed" : "policy load failed", "file",
+               info->path, "trigger", via, "error", info->last_error, NULL);
         return;
     }
     char v[32];
