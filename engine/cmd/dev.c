@@ -42,7 +42,7 @@ typedef struct {
 static void usage(FILE *to)
 {
     fputs("usage: sluice dev [--nodes 4] [--changefeeds 32] [--tables 16] [--listen 127.0.0.1:8300]\n"
-          "                  [--data DIR] [--policy-dir policies] [--policy FILE]\n"
+          "                  [--node-listen 127.0.0.1:0] [--data DIR] [--policy-dir policies] [--policy FILE]\n"
           "                  [--task-latency-ms 50] [--log-level debug|info|warn|error]\n"
           "  a coordinator and N node processes on loopback, changefeeds created; runs until\n"
           "  SIGINT/SIGTERM. DIR defaults to a new directory under /tmp.\n",
@@ -115,6 +115,7 @@ int sl_cmd_dev(int argc, char **argv)
 {
     uint64_t nodes = 4, changefeeds = 32, tables = 16, latency = 50;
     const char *listen = "127.0.0.1:8300", *data = NULL, *policy_dir = "policies", *policy = NULL;
+    const char *node_listen = "127.0.0.1:0"; /* random unless given */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -129,6 +130,7 @@ int sl_cmd_dev(int argc, char **argv)
         }
         i++;
         if (!strcmp(a, "--listen")) listen = v;
+        else if (!strcmp(a, "--node-listen")) node_listen = v; /* for agents started by hand */
         else if (!strcmp(a, "--data")) data = v;
         else if (!strcmp(a, "--policy-dir")) policy_dir = v;
         else if (!strcmp(a, "--policy")) policy = v;
@@ -183,7 +185,7 @@ int sl_cmd_dev(int argc, char **argv)
     sl_coord_config_t cfg;
     sl_coord_config_default(&cfg);
     cfg.listen = listen;
-    cfg.node_listen = "127.0.0.1:0";
+    cfg.node_listen = node_listen;
     cfg.data_dir = data;
     cfg.policy_dir = policy_dir;
     if (policy) cfg.policy_file = policy;
