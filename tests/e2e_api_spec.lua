@@ -136,11 +136,7 @@ describe("e2e API", function()
     end)
     assert.are.equal(false, waiting.bootstrapping)
     assert.matches("no schedulable node", waiting.waiting_reason)
-    local bin = os.getenv("SLUICE_BIN") or "build/sluice"
-    local p = io.popen(("SLUICE_SERVER=127.0.0.1:%d SLUICE_TOKEN=%s %s status 2>&1"):format(
-      h.http_port, h.token, bin))
-    local out = p:read("a")
-    p:close()
+    local out = h:cli("status")
     assert.matches("waiting: 1 maintainers have no node: [^\n]*no schedulable node", out)
   end)
 
@@ -154,10 +150,7 @@ describe("e2e API", function()
     expect_error(h, "PUT", "/api/v2/captures/n1/drain", 503, "NOT_READY")
     local _, hb = h:http("GET", "/api/v2/health", { token = false })
     assert.are.equal(true, hb.bootstrapping)
-    local p = io.popen(("SLUICE_SERVER=127.0.0.1:%d SLUICE_TOKEN=%s %s status 2>&1"):format(
-      h.http_port, h.token, os.getenv("SLUICE_BIN") or "build/sluice"))
-    local out = p:read("a")
-    p:close()
+    local out = h:cli("status")
     assert.matches("coordinator: bootstrapping after a restart", out, 1, true) -- R3: not a normal-looking table
     D.wait("bootstrap to end", 10, function()
       local _, b = h:http("GET", "/api/v2/health", { token = false })

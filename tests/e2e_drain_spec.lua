@@ -25,10 +25,7 @@ local function drain_status(h, id)
 end
 
 local function liveness(h, id)
-  local _, body = h:http("GET", "/api/v2/captures")
-  for _, c in ipairs(body.items) do
-    if c.id == id then return c.liveness end
-  end
+  return h:liveness_map()[id]
 end
 
 describe("e2e drain", function()

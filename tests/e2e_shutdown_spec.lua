@@ -14,14 +14,6 @@ local function skip_without_curl()
   end
 end
 
-local function capture_ids(h)
-  local code, body = h:http("GET", "/api/v2/captures")
-  assert.are.equal(200, code)
-  local ids = {}
-  for _, c in ipairs(body.items) do ids[c.id] = c.liveness end
-  return ids
-end
-
 describe("e2e graceful shutdown", function()
   local h
   after_each(function()
@@ -52,7 +44,7 @@ describe("e2e graceful shutdown", function()
     assert.are.same({}, last.dispatchers)
     assert.are.equal("stopping", last.liveness)
     -- the coordinator drained it (D8) and let it go at once (L3)
-    local ids = capture_ids(h)
+    local ids = h:liveness_map()
     assert.is_nil(ids.n2)
     assert.are.equal("alive", ids.n1)
     assert.are.equal("alive", ids.n3)
@@ -73,7 +65,7 @@ describe("e2e graceful shutdown", function()
     assert.is_true(h:reap(pid, 5), "the second signal did not stop n2")
     assert.matches("stopping now", h:log_of("n2"), 1, true)
     D.wait("n2 to be gone from the coordinator", 5, function()
-      return capture_ids(h).n2 == nil
+      return h:liveness_map().n2 == nil
     end)
     h.agents.n2 = nil -- the process is gone; its last state file no longer runs anything
     h:settle(4, 2, 30)
@@ -104,21 +96,17 @@ describe("e2e graceful shutdown", function()
     -- operators see why n2 drains: the API and `sluice status` say it is shutting down
     local _, caps = h:http("GET", "/api/v2/captures")
     for _, cap in ipairs(caps.items) do assert.are.equal(cap.id == "n2", cap.leaving) end
-    local bin = os.getenv("SLUICE_BIN") or "build/sluice"
-    local p = io.popen(("SLUICE_SERVER=127.0.0.1:%d SLUICE_TOKEN=%s %s status 2>&1"):format(
-      h.http_port, h.token, bin))
-    local out = p:read("a")
-    p:close()
+    local out = h:cli("status")
     assert.matches("n2%s+draining[^\n]*shutting down", out)
     local code = h:http("DELETE", "/api/v2/captures/n2/drain")
     assert.are.equal(200, code)
     D.sleep(1.5) -- several ticks: the coordinator must not start it again
     local _, s = h:http("GET", "/api/v2/captures/n2/drain")
     assert.are_not.equal("draining", s.state)
-    assert.are.equal("alive", capture_ids(h).n2)
+    assert.are.equal("alive", h:liveness_map().n2)
     assert.is_true(h:reap(pid, 10), "n2 did not exit at its timeout")
     assert.matches("outcome=\"timed out\"", h:log_of("n2"), 1, true)
-    D.wait("n2 to be gone from the coordinator", 5, function() return capture_ids(h).n2 == nil end)
+    D.wait("n2 to be gone from the coordinator", 5, function() return h:liveness_map().n2 == nil end)
     h.agents.n2 = nil
     h:settle(6, 2, 30)
   end)
@@ -132,7 +120,7 @@ describe("e2e graceful shutdown", function()
     assert.is_true(h:reap(pid, 10), "n1 did not exit")
     assert.matches("outcome=\"?stopping; no drain of this node to wait for", h:log_of("n1"))
     assert.matches("node leaving without a drain: stopping it.*node=n1", D.read(h.serve_log))
-    assert.is_nil(capture_ids(h).n1)
+    assert.is_nil(h:liveness_map().n1)
   end)
 end)
 

@@ -701,10 +701,11 @@ static void check_leave(sl_node_t *n, uint64_t now)
 static void fence(sl_node_t *n, uint64_t now)
 {
     if (!n->last_rx_ms || !n->fence_ms || now - n->last_rx_ms < n->fence_ms) return;
-    if (running_tasks(n) == 0) return;
+    size_t running = running_tasks(n);
+    if (running == 0) return;
     char silent[32], count[32];
     snprintf(silent, sizeof silent, "%" PRIu64, now - n->last_rx_ms);
-    snprintf(count, sizeof count, "%zu", running_tasks(n));
+    snprintf(count, sizeof count, "%zu", running);
     sl_log(SL_LOG_WARN, "no word from the coordinator: stopping every task here so that none "
            "runs twice (O5)", "silent_ms", silent, "tasks", count, NULL);
     n->last_rx_ms = 0;

@@ -142,6 +142,24 @@ function D:agent(id, latency, extra)
   return pid
 end
 
+-- `sluice ARGS` as an operator runs it against this coordinator; returns what it printed.
+function D:cli(args)
+  local p = io.popen(("SLUICE_SERVER=127.0.0.1:%d SLUICE_TOKEN=%s %s %s 2>&1"):format(
+    self.http_port, self.token, q(BIN), args))
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+-- Every node the coordinator knows, id → liveness.
+function D:liveness_map()
+  local code, body = self:http("GET", "/api/v2/captures")
+  assert(code == 200, "GET /api/v2/captures: " .. tostring(code))
+  local ids = {}
+  for _, c in ipairs(body.items) do ids[c.id] = c.liveness end
+  return ids
+end
+
 -- The node's own account of what it runs (its state file), or nil.
 function D:state(id)
   local s = D.read(self.agents[id].state)
