@@ -29,8 +29,12 @@ local function terminal(typed)
   for _, step in ipairs(typed) do
     feed[#feed + 1] = type(step) == "function" and step() or ("printf " .. q(step) .. "; sleep 0.3")
   end
-  local cmd = ("HOME=%s %s repl --server %s --token %s"):format(q(C.dir), q(C.BIN), C.http_addr, C.token)
-  return sh(("(%s) | timeout 30 script -qec %s /dev/null"):format(table.concat(feed, "; "), q(cmd)))
+  -- exec: the REPL is the only process on the terminal. script(1) runs the command through
+  -- $SHELL -c; a shell left waiting in between (dash does not exec the last command) dies of
+  -- the Ctrl-C the REPL survives, and script reports 130. SHELL is pinned to /bin/sh so this
+  -- runs the same under every login shell.
+  local cmd = ("exec env HOME=%s %s repl --server %s --token %s"):format(q(C.dir), q(C.BIN), C.http_addr, C.token)
+  return sh(("(%s) | SHELL=/bin/sh timeout 30 script -qec %s /dev/null"):format(table.concat(feed, "; "), q(cmd)))
 end
 
 local function repl_post(body)
