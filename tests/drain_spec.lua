@@ -398,6 +398,47 @@ describe("D11 an ended drain's figures stay put", function()
   end)
 end)
 
+describe("D11 each node's latest drain is remembered", function()
+  -- An operator who drained n1 and then n2 asks about n1: it is Stopping because its drain
+  -- completed, and the answer must say so, not "none" because a later drain took its place.
+  it("D11: a completed drain still reads completed after another node's drain, with its own figures", function()
+    local c, cl = setup({ "n1", "n2", "n3", "n4" }, 8)
+    local function drain(id)
+      assert(c:drain_start(id, cl.now))
+      for _ = 1, 10 do
+        cl:tick(100); cl:settle()
+        report_all(c, cl, 0)
+        if c:drain_status(id, cl.now).state == "completed" then break end
+      end
+      cl:tick(100); cl:settle()
+      return c:drain_status(id, cl.now)
+    end
+    local first = drain("n1")
+    assert.are.equal("completed", first.state)
+    assert.is_true(first.initial_maintainer_count > 0)
+    local second = drain("n2")
+    assert.are.equal("completed", second.state)
+    local again = c:drain_status("n1", cl.now + 60000)
+    assert.are.equal("completed", again.state)
+    assert.are.equal(first.initial_maintainer_count, again.initial_maintainer_count)
+    assert.are.equal(first.started_at, again.started_at)
+    assert.are.equal(first.current_speed, again.current_speed)
+    assert.are.equal(1, again.progress)
+    -- and its completed drain still refuses a cancel as D3 says
+    assert.are.equal("ESTOPPING", code(c.drain_cancel, c, "n1", cl.now))
+    assert.are.equal("none", c:drain_status("n3", cl.now).state)
+  end)
+
+  it("D11: a cancelled drain reads cancelled after the next drain of another node", function()
+    local c, cl = setup({ "n1", "n2", "n3" }, 6)
+    assert(c:drain_start("n1", cl.now))
+    assert(c:drain_cancel("n1", cl.now))
+    assert(c:drain_start("n2", cl.now))
+    assert.are.equal("cancelled", c:drain_status("n1", cl.now).state)
+    assert.are.equal("draining", c:drain_status("n2", cl.now).state)
+  end)
+end)
+
 describe("D11 the status is keyed by the core's version", function()
   -- The coordinator serves GET …/drain again while version and millisecond stay the same
   -- (B5); that is only right if every event moves the version and no read does.

@@ -109,6 +109,16 @@ void sl_ivec_free(sl_ivec_t *vec);
 
 #define SL_REFUSAL_KEEP 32
 
+#define SL_DRAIN_HISTORY 16
+
+typedef struct {
+    char target[SL_ID_MAX];
+    sl_drain_state_t state;
+    sl_drain_record_t record;
+    char why[SL_ERRMSG_MAX]; /* why it ended when not by D8 or an operator, or "" */
+    uint64_t ended_ms;       /* 0 while it runs */
+} sl_drain_past_t;
+
 struct sl_core {
     sl_core_config_t cfg;
     sl_policy_t *policy;  /* borrowed; NULL → builtin */
@@ -152,10 +162,10 @@ struct sl_core {
     sl_store_t *store;        /* borrowed; NULL: nothing is persisted */
     sl_drain_record_t record; /* D4: target "" when none; epoch always current */
     bool drain_controlled;    /* the target was set by sl_core_drain_start (D8 applies) */
-    char last_target[SL_ID_MAX]; /* the node of the latest drain, and how it ended */
-    sl_drain_state_t last_state;
-    sl_drain_record_t last_record;
-    char last_why[SL_ERRMSG_MAX]; /* why it ended when not by D8 or an operator, or "" */
+    /* the latest drain of each of the last SL_DRAIN_HISTORY nodes drained, newest first:
+     * GET …/drain of a node drained earlier still says how its drain ended (D11) */
+    sl_drain_past_t history[SL_DRAIN_HISTORY];
+    size_t nhistory;
     char drain_blocked[SL_ERRMSG_MAX];
     uint64_t join_seq;
     uint64_t last_notify_ms;

@@ -63,13 +63,40 @@ static sl_drain_record_t cleared_record(const sl_core_t *core)
     return rec;
 }
 
+/* The latest drain of node `id` in the history, or NULL. */
+static sl_drain_past_t *past_of(sl_core_t *core, const char *id)
+{
+    for (size_t i = 0; id && i < core->nhistory; i++)
+        if (!strcmp(core->history[i].target, id)) return &core->history[i];
+    return NULL;
+}
+
+/* Notes how the drain of node `id` stands, at the front of the history: one entry per
+ * node (its latest drain); the oldest node falls off a full history. */
+static void note_past(sl_core_t *core, const char *id, sl_drain_state_t state,
+                      const sl_drain_record_t *rec, const char *why)
+{
+    size_t i = 0;
+    while (i < core->nhistory && strcmp(core->history[i].target, id)) i++;
+    if (i == core->nhistory) {
+        if (core->nhistory < SL_DRAIN_HISTORY)
+            core->nhistory++;
+        else
+            i = SL_DRAIN_HISTORY - 1;
+    }
+    memmove(&core->history[1], &core->history[0], i * sizeof core->history[0]);
+    sl_drain_past_t *p = &core->history[0];
+    snprintf(p->target, sizeof p->target, "%s", id);
+    p->state = state;
+    p->record = *rec;
+    snprintf(p->why, sizeof p->why, "%s", why ? why : "");
+    p->ended_ms = state == SL_DRAIN_DRAINING ? 0 : core->now_ms;
+}
+
 void sl_drain__ended(sl_core_t *core, sl_drain_state_t how, const char *why)
 {
     if (core->drain_target == SL_NONE) return;
-    snprintf(core->last_target, sizeof core->last_target, "%s", core->nodes[core->drain_target].id);
-    core->last_state = how;
-    core->last_record = core->record;
-    snprintf(core->last_why, sizeof core->last_why, "%s", why ? why : "");
+    note_past(core, core->nodes[core->drain_target].id, how, &core->record, why);
     bool controlled = core->drain_controlled;
     sl_core__drain_clear(core);
     if (!controlled) return;
@@ -135,10 +162,7 @@ int sl_core_drain_start(sl_core_t *core, const char *id, uint64_t now_ms, sl_dra
         atomic_compare_exchange_strong(&n->liveness, &e, SL_DRAINING);
         e = SL_DRAINING;
         atomic_compare_exchange_strong(&n->liveness, &e, SL_STOPPING);
-        snprintf(core->last_target, sizeof core->last_target, "%s", n->id);
-        core->last_state = SL_DRAIN_COMPLETED;
-        core->last_why[0] = '\0';
-        core->last_record = rec;
+        note_past(core, n->id, SL_DRAIN_COMPLETED, &rec, NULL);
         set_record(core, &done);
         notify_all(core);
         out->completed = 1;
@@ -159,10 +183,7 @@ int sl_core_drain_start(sl_core_t *core, const char *id, uint64_t now_ms, sl_dra
         persist_liveness(core, n->id, l);
         return rc;
     }
-    snprintf(core->last_target, sizeof core->last_target, "%s", n->id);
-    core->last_state = SL_DRAIN_DRAINING;
-    core->last_why[0] = '\0';
-    core->last_record = rec;
+    note_past(core, n->id, SL_DRAIN_DRAINING, &rec, NULL);
     notify_all(core);
     return 0;
 }
@@ -174,7 +195,8 @@ int sl_core_drain_cancel(sl_core_t *core, const char *id, uint64_t now_ms)
     if (core->bootstrapping) return SL_ENOTREADY;
     int32_t slot;
     sl_node_t *n = sl_core__node(core, id, &slot);
-    bool completed = core->last_state == SL_DRAIN_COMPLETED && id && !strcmp(core->last_target, id);
+    const sl_drain_past_t *past = past_of(core, id);
+    bool completed = past && past->state == SL_DRAIN_COMPLETED;
     if (!n) return completed ? SL_ESTOPPING : SL_ENOENT;
     if (slot != core->drain_target || !core->drain_controlled) {
         if (completed || atomic_load(&n->liveness) == SL_STOPPING) return SL_ESTOPPING;
@@ -188,10 +210,8 @@ int sl_core_drain_cancel(sl_core_t *core, const char *id, uint64_t now_ms)
     }
     int e = SL_DRAINING; /* D3: the sanctioned way back to Alive */
     atomic_compare_exchange_strong(&n->liveness, &e, SL_ALIVE);
-    snprintf(core->last_target, sizeof core->last_target, "%s", n->id);
-    core->last_state = SL_DRAIN_CANCELLED;
-    core->last_why[0] = '\0'; /* an operator's cancel needs no reason given back */
-    core->last_record = core->record;
+    /* an operator's cancel needs no reason given back */
+    note_past(core, n->id, SL_DRAIN_CANCELLED, &core->record, NULL);
     sl_core__drain_clear(core); /* moves already running finish; no new one starts */
     set_record(core, &rec);
     notify_all(core);
@@ -371,17 +391,11 @@ static void finish_bootstrap(sl_core_t *core)
             core->drain_queue.len = core->drain_cursor = 0;
             core->drain_order_dirty = true;
             set_record(core, &rec);
-            snprintf(core->last_target, sizeof core->last_target, "%s", rec.target);
-            core->last_state = SL_DRAIN_DRAINING;
-            core->last_why[0] = '\0';
-            core->last_record = rec;
+            note_past(core, rec.target, SL_DRAIN_DRAINING, &rec, NULL);
         } else {
             /* the target vanished meanwhile: its record is cleared */
-            snprintf(core->last_target, sizeof core->last_target, "%s", rec.target);
-            core->last_state = SL_DRAIN_LOST;
-            snprintf(core->last_why, sizeof core->last_why,
-                     "the target did not come back after the coordinator restarted (D9)");
-            core->last_record = rec;
+            note_past(core, rec.target, SL_DRAIN_LOST, &rec,
+                           "the target did not come back after the coordinator restarted (D9)");
             sl_drain_record_t cleared = {.epoch = rec.epoch + 1};
             persist_record(core, &cleared);
             set_record(core, &cleared);
@@ -506,6 +520,7 @@ int sl_core_drain_status(sl_core_t *core, const char *id, uint64_t now_ms, sl_dr
     int32_t slot;
     sl_node_t *n = sl_core__node(core, id, &slot);
     const sl_drain_record_t *rec;
+    const sl_drain_past_t *past = NULL;
     if (running && slot == core->drain_target) {
         out->state = SL_DRAIN_DRAINING;
         rec = &core->record;
@@ -517,16 +532,16 @@ int sl_core_drain_status(sl_core_t *core, const char *id, uint64_t now_ms, sl_dr
         /* D8: before completion the answer is never "nothing left" */
         if (!out->remaining_maintainers && !out->remaining_dispatchers) out->remaining_dispatchers = 1;
         out->blocked = core->drain_blocked;
-    } else if (id && !strcmp(core->last_target, id) && core->last_state != SL_DRAIN_NONE) {
-        out->state = core->last_state;
-        rec = &core->last_record;
-        if (n && core->last_state != SL_DRAIN_COMPLETED) {
+    } else if ((past = past_of(core, id)) && past->state != SL_DRAIN_NONE) {
+        out->state = past->state;
+        rec = &past->record;
+        if (n && past->state != SL_DRAIN_COMPLETED) {
             sl_drain_counts_t c;
             counts_of(n, &c);
             out->remaining_maintainers = c.maintainers;
             out->remaining_dispatchers = c.dispatchers;
         }
-        out->blocked = core->last_why; /* "the target left the cluster (D9)", L4, … */
+        out->blocked = past->why; /* "the target left the cluster (D9)", L4, … */
     } else if (n) {
         out->state = SL_DRAIN_NONE;
         return 0;
@@ -545,9 +560,7 @@ int sl_core_drain_status(sl_core_t *core, const char *id, uint64_t now_ms, sl_dr
         if (out->state == SL_DRAIN_DRAINING && out->progress > 0.999) out->progress = 0.999;
     }
     /* an ended drain's speed is over its own duration: it does not decay afterwards */
-    uint64_t end = out->state != SL_DRAIN_DRAINING && core->drain_ended && core->drain_ended_ms
-                       ? core->drain_ended_ms
-                       : core->now_ms;
+    uint64_t end = past && past->ended_ms ? past->ended_ms : core->now_ms;
     double elapsed = end > rec->started_at_ms ? (double)(end - rec->started_at_ms) / 1000.0 : 0;
     double moved = total > left ? total - left : 0;
     out->speed = elapsed > 0 ? moved / elapsed : 0;
