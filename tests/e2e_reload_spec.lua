@@ -174,7 +174,7 @@ describe("P4: hot reload during a drain (end to end)", function()
     end)
     local info = policy_info()
     assert.are.equal("loops-in-drain", info.name)
-    assert.is_true(info.refused > 0, cjson.encode(info))
+    assert.is_true(info.refusals > 0, cjson.encode(info))
     -- the coordinator still answers
     assert.are.equal(200, (C.http("GET", "/api/v2/health")))
   end)

@@ -1388,7 +1388,6 @@ static json_t *policy_json(sl_coord_t *c)
     json_object_set_new(o, "version", json_integer((json_int_t)pi.version));
     json_object_set_new(o, "loaded_at", json_time_or_null(pi.loaded_at_ms));
     json_object_set_new(o, "last_error", pi.last_error && pi.last_error[0] ? json_string(pi.last_error) : json_null());
-    json_object_set_new(o, "refused", json_integer((json_int_t)st.refusals));
     json_object_set_new(o, "refusals", json_integer((json_int_t)st.refusals));
     json_object_set_new(o, "fallbacks", json_integer((json_int_t)st.fallbacks));
     json_object_set_new(o, "reloads", json_integer((json_int_t)pi.reloads));
