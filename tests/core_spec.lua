@@ -214,6 +214,56 @@ describe("O operators", function()
     ok_check(c)
   end)
 
+  it("A2: a maintainer that never ran is gone at once when removed", function()
+    local c = core_with({ "n1" }, 1)
+    assert(c:remove_task("cf-01"))
+    assert.is_nil(c:task("cf-01"))
+    assert.are.equal(0, #c:operators())
+  end)
+
+  it("A2: a removed maintainer whose node is gone is started on a live node only to be stopped there", function()
+    -- its dispatchers may still run on other nodes, and only a running maintainer sweeps them
+    local c, cl = core_with({ "n1" }, 0)
+    assert(c:add_task("cf-a", "maintainer"))
+    cl:tick(0); cl:settle()
+    assert(cl:leave("n1")) -- nowhere to go: it runs nowhere now
+    assert.are.equal("absent", c:task("cf-a").state)
+    assert(c:remove_task("cf-a"))
+    assert.is_not_nil(c:task("cf-a")) -- not forgotten: nothing has swept its dispatchers
+    assert.is_true(c:task("cf-a").remove_pending)
+    assert(c:join("n2"))
+    cl:tick(0); cl:settle()
+    assert.is_nil(c:task("cf-a"))
+    assert.are.same({}, cl:owners("cf-a"))
+    local on_n2 = {}
+    for _, m in ipairs(cl.sent) do
+      if m.task == "cf-a" and m.node == "n2" then on_n2[#on_n2 + 1] = m.type end
+    end
+    assert.are.same({ "start", "stop" }, on_n2)
+    ok_check(c)
+  end)
+
+  it("A2: a maintainer whose node dies while it is being removed is placed again and stopped there", function()
+    local c, cl = core_with({ "n1", "n2" }, 0)
+    assert(c:add_task("cf-a", "maintainer"))
+    cl:tick(0); cl:settle()
+    local host = c:task("cf-a").node
+    local other = host == "n1" and "n2" or "n1"
+    assert(c:remove_task("cf-a"))
+    local msgs = cl:take()
+    assert.are.same({ "stop", host }, { msgs[1].type, msgs[1].node })
+    assert(cl:leave(host)) -- the stop never arrives: its sweep ended with the node
+    assert.is_not_nil(c:task("cf-a"))
+    cl:tick(0); cl:settle()
+    assert.is_nil(c:task("cf-a"))
+    local on_other = {}
+    for _, m in ipairs(cl.sent) do
+      if m.task == "cf-a" and m.node == other then on_other[#on_other + 1] = m.type end
+    end
+    assert.are.same({ "start", "stop" }, on_other)
+    ok_check(c)
+  end)
+
   it("O2: a move stops on the origin, then starts on the destination, and ends only when it works there", function()
     local c, cl = core_with({ "n1", "n2" }, 0, { drain_batch_size = 1 })
     assert(c:add_task("cf-a"))

@@ -15,10 +15,12 @@ local function skip_without_curl()
   end
 end
 
--- Every task of changefeed `cf` that some node's state file lists, as "node:task".
-local function listed(h, cf)
+-- Every task of changefeed `cf` that some node's state file lists, as "node:task"; the
+-- nodes in `dead` (a set) are left out.
+local function listed(h, cf, dead)
   local found = {}
   for id in pairs(h.agents) do
+    if dead and dead[id] then goto next_node end
     local st = h:state(id)
     if not st then return nil, "no state from " .. id end
     for _, t in ipairs(st.maintainers) do
@@ -27,14 +29,15 @@ local function listed(h, cf)
     for _, t in ipairs(st.dispatchers) do
       if t:sub(1, #cf + 1) == cf .. "/" then found[#found + 1] = id .. ":" .. t end
     end
+    ::next_node::
   end
   table.sort(found)
   return found
 end
 
-local function wait_gone(h, cf, timeout)
+local function wait_gone(h, cf, timeout, dead)
   D.wait("no node to run anything of " .. cf, timeout, function()
-    local found, why = listed(h, cf)
+    local found, why = listed(h, cf, dead)
     if not found then return false, why end
     return #found == 0, table.concat(found, " ")
   end)
@@ -140,5 +143,39 @@ describe("e2e changefeed delete", function()
     end)
     wait_gone(h, "cf02", 10)
     D.wait("the other changefeeds to run once", 10, function() return runs_once(h, REMAINING) end)
+  end)
+  it("A2: a changefeed deleted while its maintainer's node is dead: its dispatchers elsewhere are still stopped", function()
+    if skip_without_curl() then return end
+    h = D.new()
+    h:cluster(NODES, CF, TABLES)
+    -- a changefeed whose maintainer runs on one node and some table dispatcher on another
+    local cf, host
+    for i = 1, CF do
+      local id = ("cf%02d"):format(i)
+      local m, elsewhere
+      for _, entry in ipairs(assert(listed(h, id))) do
+        local node, task = entry:match("^([^:]+):(.*)$")
+        if task == id then m = node end
+      end
+      for _, entry in ipairs(assert(listed(h, id))) do
+        local node, task = entry:match("^([^:]+):(.*)$")
+        if task:match("/t%d+$") and node ~= m then elsewhere = true end
+      end
+      if m and elsewhere then cf, host = id, m break end
+    end
+    assert.is_string(cf, "no changefeed with a dispatcher away from its maintainer")
+    h:kill(h.agents[host].pid, "KILL")
+    assert.is_true(h:reap(h.agents[host].pid, 5))
+    local code = h:http("DELETE", "/api/v2/changefeeds/" .. cf)
+    assert.are.equal(202, code)
+    -- the dead node is declared dead after the node timeout (4 s here); the maintainer is
+    -- then started on a live node only to stop there, taking its dispatchers along
+    local dead = { [host] = true }
+    wait_gone(h, cf, 30, dead)
+    local c2 = h:http("GET", "/api/v2/changefeeds/" .. cf)
+    assert.are.equal(404, c2)
+    -- and it stays gone: nothing of it comes back on the live nodes
+    D.sleep(1)
+    assert.are.same({}, listed(h, cf, dead))
   end)
 end)

@@ -216,6 +216,7 @@ void sl_core__bind(sl_core_t *core, int32_t t, int32_t node)
     sl_node_t *n = &core->nodes[node];
     if (task->in_absent) sl_core__absent_remove(core, t);
     task->node = node;
+    task->ran = true;
     list_append(core->tasks, &n->head, &n->tail, t);
     n->count[task->kind]++;
     sl_core__drain_requeue(core, t);
@@ -592,7 +593,8 @@ int sl_core_task_remove(sl_core_t *core, const char *id)
     if (t < 0) return SL_ENOENT;
     sl_task_t *task = &core->tasks[t];
     if (task->remove_pending) return 0;
-    if (task->op == SL_NONE && task->node == SL_NONE) { /* runs nowhere: gone at once */
+    if (task->op == SL_NONE && task->node == SL_NONE && !sl_core__removal_needs_node(task)) {
+        /* runs nowhere: gone at once */
         sl_core__task_delete(core, t);
         return 0;
     }

@@ -78,7 +78,17 @@ typedef struct {
     bool remove_pending;
     bool in_absent;     /* on the absent list */
     bool drain_queued;  /* in core->drain_queue */
+    bool ran;           /* it has run somewhere since it was added */
 } sl_task_t;
+
+/* A2: a maintainer that ran may have left dispatchers on other nodes, and only a running
+ * maintainer stops them (the STOP of a deleted changefeed's maintainer sweeps them first).
+ * Its removal therefore goes through a node: one that runs nowhere (its node died) is
+ * placed again, to be stopped there. Anything else that runs nowhere is simply gone. */
+static inline bool sl_core__removal_needs_node(const sl_task_t *task)
+{
+    return task->kind == SL_TASK_MAINTAINER && task->ran;
+}
 
 typedef enum { SL_STEP_START = 0, SL_STEP_STOP = 1 } sl_step_t;
 

@@ -257,8 +257,14 @@ void sl_op__on_node_leave(sl_core_t *core, int32_t node)
                 set_from(core, op, SL_NONE);
             }
             break;
-        case SL_OP_REMOVE: /* the node that ran it is gone: so is the task */
-            op_finish_remove(core, o);
+        case SL_OP_REMOVE:
+            if (sl_core__removal_needs_node(&core->tasks[t])) {
+                /* its sweep ended with the node: placed again, stopped again (A2) */
+                op_end(core, o, false);
+                sl_core__absent_push(core, t);
+            } else {
+                op_finish_remove(core, o); /* the node that ran it is gone: so is the task */
+            }
             break;
         }
         /* an operator that ended left the order list; the next slid into i */

@@ -261,6 +261,12 @@ static void run_removals(sl_core_t *core)
         sl_task_t *task = &core->tasks[t];
         if (!task->live || !task->remove_pending) continue;
         if (task->op != SL_NONE) continue; /* its operator queues it again when it ends */
+        if (task->node == SL_NONE && sl_core__removal_needs_node(task)) {
+            /* placed first (basic), stopped where it lands */
+            if (!task->in_absent) sl_core__absent_push(core, t);
+            core->remove_queue.v[keep++] = t;
+            continue;
+        }
         if (task->node == SL_NONE) {
             sl_core__task_delete(core, t);
             continue;
