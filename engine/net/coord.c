@@ -716,7 +716,10 @@ static void try_leave(sl_coord_t *c, peer_t *p)
         if (!p->leave_waiting)
             sl_log(SL_LOG_INFO, "node leaving: its drain cannot start yet; trying every tick",
                    "node", p->id, "reason",
-                   rc == SL_EBUSY ? "another drain runs" : sl_strerror(rc), NULL);
+                   rc == SL_EBUSY       ? "another drain runs"
+                   : rc == SL_ENOTREADY ? "the coordinator is bootstrapping"
+                                        : sl_strerror(rc),
+                   NULL);
         p->leave_waiting = 1;
     }
 }
