@@ -68,7 +68,18 @@ local function write(path, s, mode)
   if mode then os.execute("chmod " .. mode .. " " .. q(path)) end
 end
 
--- A new cluster harness: a temp directory, a token, no process yet.
+-- What `opts.env` ({SLUICE_LOG = "warn"}) adds in front of a command run by sh: the
+-- variables, exported to the process it execs.
+local function env_prefix(env)
+  local keys, out = {}, {}
+  for k in pairs(env or {}) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do out[#out + 1] = ("export %s=%s; "):format(k, q(env[k])) end
+  return table.concat(out)
+end
+
+-- A new cluster harness: a temp directory, a token, no process yet. opts: latency (the
+-- agents' task latency, ms), serve_flags, env (variables for every process it starts).
 function D.new(opts)
   local self = setmetatable({ procs = {}, agents = {}, opts = opts or {} }, D)
   self.dir = sh("mktemp -d /tmp/sluice-e2e-XXXXXX"):gsub("%s+$", "")
@@ -82,7 +93,7 @@ end
 
 -- Starts a process in the background; returns its pid. Output goes to `log`.
 function D:spawn(name, args, log)
-  local cmd = ("exec %s %s >%s 2>&1 </dev/null"):format(q(BIN), args, q(log))
+  local cmd = ("%sexec %s %s >%s 2>&1 </dev/null"):format(env_prefix(self.opts.env), q(BIN), args, q(log))
   local pid = tonumber(sh(("sh -c %s & echo $!"):format(q(cmd))):match("%d+"))
   assert(pid, "could not start " .. name)
   self.procs[#self.procs + 1] = { name = name, pid = pid }
@@ -115,7 +126,8 @@ function D:serve(flags)
   local args = ("serve --listen %s --node-listen %s --data %s --policy-dir %s --token-file %s " ..
     "--node-timeout-ms 4000 --bootstrap-ms 1500 %s"):format(listen, nlisten, q(self.data),
       q(ROOT .. "/policies"), q(self.token_file), flags or self.opts.serve_flags or "")
-  local cmd = ("exec %s %s >%s 2>%s </dev/null"):format(q(BIN), args, q(out), q(out .. ".err"))
+  local cmd = ("%sexec %s %s >%s 2>%s </dev/null"):format(env_prefix(self.opts.env), q(BIN), args, q(out),
+    q(out .. ".err"))
   local pid = tonumber(sh(("sh -c %s & echo $!"):format(q(cmd))):match("%d+"))
   self.procs[#self.procs + 1] = { name = "serve", pid = pid }
   self.serve_pid = pid
