@@ -423,6 +423,8 @@ describe("D11 each node's latest drain is remembered", function()
     assert.are.equal(first.initial_maintainer_count, again.initial_maintainer_count)
     assert.are.equal(first.started_at, again.started_at)
     assert.are.equal(first.current_speed, again.current_speed)
+    assert.are.equal(first.epoch, again.epoch) -- its own epoch, not the later drain's
+    assert.is_true(second.epoch > again.epoch)
     assert.are.equal(1, again.progress)
     -- and its completed drain still refuses a cancel as D3 says
     assert.are.equal("ESTOPPING", code(c.drain_cancel, c, "n1", cl.now))
@@ -436,6 +438,26 @@ describe("D11 each node's latest drain is remembered", function()
     assert(c:drain_start("n2", cl.now))
     assert.are.equal("cancelled", c:drain_status("n1", cl.now).state)
     assert.are.equal("draining", c:drain_status("n2", cl.now).state)
+  end)
+end)
+
+describe("D11 progress against the truest start count", function()
+  it("D11: dispatchers reported after the start raise the initial count; progress is measured against it", function()
+    local c, cl = setup({ "n1", "n2", "n3" }, 3)
+    -- a drain started before any maintainer reported: the start knows of no dispatcher
+    local r = assert(c:drain_start("n1", cl.now))
+    assert.are.equal(0, r.dispatchers)
+    local epoch = c:stats().epoch
+    -- then every maintainer reports 4 of its dispatchers on n1
+    for i = 1, 3 do assert(c:changefeed_report(("cf-%02d"):format(i), epoch, 4, {}, cl.now)) end
+    local st = c:drain_status("n1", cl.now)
+    assert.are.equal(12, st.remaining_dispatcher_count)
+    assert.is_true(st.initial_dispatcher_count >= 12, tostring(st.initial_dispatcher_count))
+    -- half of them gone: progress says so (it stayed at 0 while the start count was lower)
+    for i = 1, 3 do assert(c:changefeed_report(("cf-%02d"):format(i), epoch, 2, {}, cl.now)) end
+    st = c:drain_status("n1", cl.now)
+    assert.are.equal(6, st.remaining_dispatcher_count)
+    assert.is_true(st.progress > 0.4, tostring(st.progress))
   end)
 end)
 

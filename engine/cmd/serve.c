@@ -133,13 +133,13 @@ int sl_cmd_serve(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    sl_log_set_prefix("proc=coordinator"); /* A8: before the first line, the token's warning */
     char token[512], err[1024];
     if (sl_cmd_read_token(token_file, token, sizeof token, err, sizeof err)) {
         fprintf(stderr, "sluice serve: %s\n", err);
         return 1;
     }
     cfg.token = token;
-    sl_log_set_prefix("proc=coordinator");
     uv_loop_t *loop = uv_default_loop();
     serve_t s = {0};
     if (sl_coord_start(loop, &cfg, &s.coord, err, sizeof err)) {

@@ -127,6 +127,7 @@ typedef struct {
     sl_drain_record_t record;
     char why[SL_ERRMSG_MAX]; /* why it ended when not by D8 or an operator, or "" */
     uint64_t ended_ms;       /* 0 while it runs */
+    uint64_t end_epoch;      /* the epoch its end gave the cluster; 0 until then */
 } sl_drain_past_t;
 
 struct sl_core {

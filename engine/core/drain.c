@@ -50,6 +50,10 @@ static int persist_liveness(sl_core_t *core, const char *node, sl_liveness_t l)
 /* A new epoch: nothing reported for it yet. */
 static void set_record(sl_core_t *core, const sl_drain_record_t *rec)
 {
+    /* the first record after a drain ended carries the epoch its end gave the cluster: what
+     * GET …/drain says for it afterwards, as the "drain ended" log line does */
+    if (core->nhistory && core->history[0].state != SL_DRAIN_DRAINING && !core->history[0].end_epoch)
+        core->history[0].end_epoch = rec->epoch;
     if (rec->epoch != core->record.epoch) {
         core->epoch_reported = 0;
         core->epoch_remaining = 0;
@@ -91,6 +95,7 @@ static void note_past(sl_core_t *core, const char *id, sl_drain_state_t state,
     p->record = *rec;
     snprintf(p->why, sizeof p->why, "%s", why ? why : "");
     p->ended_ms = state == SL_DRAIN_DRAINING ? 0 : core->now_ms;
+    p->end_epoch = 0;
 }
 
 void sl_drain__ended(sl_core_t *core, sl_drain_state_t how, const char *why)
@@ -529,6 +534,11 @@ int sl_core_drain_status(sl_core_t *core, const char *id, uint64_t now_ms, sl_dr
         for (size_t c = 0; c < core->nchangefeeds; c++)
             if (core->cf_reports[c].maintained) rd += cf_remaining(core, &core->cf_reports[c], slot);
         out->remaining_dispatchers = rd > UINT32_MAX ? UINT32_MAX : (uint32_t)rd;
+        /* the count at the start is what the maintainers had reported by then; reports that
+         * arrive after it (a drain started right after placement) can show more. The most
+         * seen is the truer start, and progress is measured against it. */
+        if (out->remaining_dispatchers > core->record.initial_dispatchers)
+            core->record.initial_dispatchers = out->remaining_dispatchers;
         /* D8: before completion the answer is never "nothing left" */
         if (!out->remaining_maintainers && !out->remaining_dispatchers) out->remaining_dispatchers = 1;
         out->blocked = core->drain_blocked;
@@ -548,6 +558,7 @@ int sl_core_drain_status(sl_core_t *core, const char *id, uint64_t now_ms, sl_dr
     } else {
         return SL_ENOENT;
     }
+    if (past) out->epoch = past->end_epoch ? past->end_epoch : rec->epoch;
     out->started_at_ms = rec->started_at_ms;
     out->initial_maintainers = rec->initial_maintainers;
     out->initial_dispatchers = rec->initial_dispatchers;

@@ -438,8 +438,9 @@ static void log_drain(sl_coord_t *c)
                 state = sl_drain_state_name(s.state);
                 if (s.blocked && s.blocked[0]) why = s.blocked; /* L4, D9 */
             }
+            /* (a reason only when there is one: the key ends the list otherwise) */
             sl_log(s.state == SL_DRAIN_LOST ? SL_LOG_WARN : SL_LOG_INFO, "drain ended", "target",
-                   c->log_target, "state", state, "epoch", epoch, "reason", why, NULL);
+                   c->log_target, "state", state, "epoch", epoch, why ? "reason" : NULL, why, NULL);
         }
         snprintf(c->log_target, sizeof c->log_target, "%s", t ? t : "");
         c->log_epoch = st.epoch;
@@ -1694,6 +1695,15 @@ static int lock_data_dir(sl_coord_t *c, char *err, size_t errlen)
     return 0;
 }
 
+/* HOST:0 as it was bound: HOST:PORT (anything else as given). */
+static const char *bound_addr(const char *listen, const char *port, char *buf, size_t len)
+{
+    size_t n = strlen(listen);
+    if (n < 2 || strcmp(listen + n - 2, ":0") != 0) return listen;
+    snprintf(buf, len, "%.*s:%s", (int)(n - 2), listen, port);
+    return buf;
+}
+
 int sl_coord_start(uv_loop_t *loop, const sl_coord_config_t *cfg, sl_coord_t **out, char *err,
                    size_t errlen)
 {
@@ -1851,12 +1861,12 @@ int sl_coord_start(uv_loop_t *loop, const sl_coord_config_t *cfg, sl_coord_t **o
         sl_log(SL_LOG_WARN, "policy directory not watched", "dir", c->policy_dir, "error", werr,
                NULL);
 
-    char hp[16], np[16];
+    char hp[16], np[16], ha[300], na[300];
     snprintf(hp, sizeof hp, "%d", sl_http_port(c->http));
     snprintf(np, sizeof np, "%d", c->node_port);
-    sl_log(SL_LOG_INFO, "coordinator listening", "http", c->listen, "http_port", hp, "nodes",
-           c->node_listen, "node_port", np, "data", c->data_dir, "repl",
-           c->repl_http ? sock : "", NULL);
+    sl_log(SL_LOG_INFO, "coordinator listening", "http", bound_addr(c->listen, hp, ha, sizeof ha),
+           "http_port", hp, "nodes", bound_addr(c->node_listen, np, na, sizeof na), "node_port",
+           np, "data", c->data_dir, "repl", c->repl_http ? sock : "", NULL);
     *out = c;
     return 0;
 
