@@ -1,11 +1,18 @@
 -- e2e_shutdown_spec.lua — a node's graceful shutdown (L1 Alive→Stopping) with real
 -- processes on loopback: SIGTERM to `sluice agent` makes the coordinator drain that node
 -- before the process exits, so its work moves instead of being cut off; a second signal
--- stops it at once; the last node, with nowhere to move its tasks, goes Stopping and exits.
+-- stops it at once; the last node, with nowhere to move its tasks, goes Stopping and exits;
+-- a coordinator that is down at the signal, or restarts mid-leave, still drains the node.
 -- Who runs what is judged from the nodes' own state files.
 local D = require "support.daemon"
 
 local CF, TABLES = 6, 3
+
+-- Whether pid runs: alive and not a zombie waiting to be reaped (kill -0 says yes to one).
+local function running(pid)
+  local stat = D.read("/proc/" .. pid .. "/stat")
+  return stat ~= nil and stat:match("^%d+ %b() (%a)") ~= "Z"
+end
 
 local function skip_without_curl()
   if not D.have_curl() then
@@ -111,6 +118,91 @@ describe("e2e graceful shutdown", function()
     h:settle(6, 2, 30)
   end)
 
+  -- how many tasks a node's state file says run there
+  local function tasks_on(st)
+    return st and (#st.maintainers + #st.dispatchers) or 0
+  end
+
+  -- Waits for the leaving agent `id` to exit; meanwhile no task ever runs on two nodes.
+  local function wait_exit(id, pid, changefeeds, tables, timeout)
+    D.wait(id .. " to exit", timeout, function()
+      local ok, why = h:check_single_owner(changefeeds, tables)
+      if not ok and not (why or ""):match("runs on no node") then error(why) end
+      return not running(pid)
+    end)
+  end
+
+  it("L1: a SIGTERM'd agent whose coordinator restarts mid-leave is drained by the new coordinator, its tasks moved, not dropped", function()
+    if skip_without_curl() then return end
+    -- slow moves (one maintainer at a time, 400 ms a start or stop) so that the drain is
+    -- still running when the coordinator dies; a long node timeout so that no node fences,
+    -- and a bootstrap long enough for every node to be back before it ends
+    h = D.new({ latency = 400,
+      serve_flags = "--drain-batch-size 1 --node-timeout-ms 10000 --bootstrap-ms 4000" })
+    h:cluster(3, CF, TABLES)
+    local pid = h.agents.n2.pid
+    assert.is_true(tasks_on(h:state("n2")) > 0, "n2 runs nothing to begin with")
+    h:kill(pid, "TERM")
+    D.wait("the drain of n2 to start", 10, function()
+      local _, s = h:http("GET", "/api/v2/captures/n2/drain")
+      return type(s) == "table" and s.state == "draining"
+    end)
+    h:kill(h.serve_pid, "KILL")
+    assert.is_true(h:reap(h.serve_pid, 5))
+    -- mid-leave: n2 still runs part of its work, and keeps it while the coordinator is away
+    assert.is_true(tasks_on(h:state("n2")) > 0, "the drain of n2 ended before the coordinator died")
+    D.sleep(0.3)
+    assert.is_true(running(pid), "n2 exited when its coordinator went away")
+    assert.is_true(tasks_on(h:state("n2")) > 0, "n2 dropped its tasks when its coordinator went away")
+    h:serve() -- same ports, same data directory
+    wait_exit("n2", pid, CF, TABLES, 30)
+    local log = h:log_of("n2")
+    assert.matches("leaving: asking the coordinator to drain this node", log, 1, true)
+    assert.matches("outcome=drained", log, 1, true)
+    assert.is_nil(log:match("no word from the coordinator"), "n2 fenced: its tasks were dropped")
+    local last = h:state("n2")
+    assert.are.same({}, last.maintainers)
+    assert.are.same({}, last.dispatchers)
+    assert.are.equal("stopping", last.liveness)
+    -- the new coordinator heard the leave and let n2 go once drained (L3)
+    assert.matches("node asks to leave[^\n]*node=n2", D.read(h.serve_log))
+    D.wait("n2 to be gone from the coordinator", 5, function() return h:liveness_map().n2 == nil end)
+    -- every task runs on the other nodes, once (their own word)
+    h:settle(CF, TABLES, 15)
+  end)
+
+  it("L1: SIGTERM while the coordinator is down; it comes back within the node timeout and drains the node, nothing dropped", function()
+    if skip_without_curl() then return end
+    -- nodes fence after 6 s of silence; every node is back before the bootstrap ends
+    h = D.new({ serve_flags = "--node-timeout-ms 10000 --bootstrap-ms 4000" })
+    h:cluster(3, 4, 2)
+    local pid = h.agents.n2.pid
+    assert.is_true(tasks_on(h:state("n2")) > 0, "n2 runs nothing to begin with")
+    h:kill(h.serve_pid, "KILL")
+    assert.is_true(h:reap(h.serve_pid, 5))
+    D.wait("n2 to see the coordinator go", 5, function()
+      local st = h:state("n2")
+      return st and st.connected == false
+    end)
+    h:kill(pid, "TERM")
+    D.wait("the signal to be taken", 5, function()
+      return h:log_of("n2"):match("draining this node before stopping") ~= nil
+    end)
+    D.sleep(0.5)
+    assert.is_true(running(pid), "n2 exited while its coordinator was away")
+    assert.is_true(tasks_on(h:state("n2")) > 0, "n2 dropped its tasks while its coordinator was away")
+    assert.matches("the coordinator is out of reach; the tasks keep running", h:log_of("n2"), 1, true)
+    h:serve() -- same ports, same data directory
+    wait_exit("n2", pid, 4, 2, 30)
+    local log = h:log_of("n2")
+    assert.matches("outcome=drained", log, 1, true)
+    assert.is_nil(log:match("no word from the coordinator"), "n2 fenced: its tasks were dropped")
+    assert.are.same({}, h:state("n2").maintainers)
+    assert.are.same({}, h:state("n2").dispatchers)
+    assert.matches("node leaving: drain started[^\n]*node=n2", D.read(h.serve_log))
+    h:settle(4, 2, 15)
+  end)
+
   it("L1: the last node, with nowhere to move its tasks, goes Stopping and exits", function()
     if skip_without_curl() then return end
     h = D.new()
@@ -153,5 +245,27 @@ describe("e2e silence", function()
     -- it knows it stalled, takes the nodes back as new incarnations, and places everything once
     h:settle(4, 2, 30)
     assert.matches("the coordinator stalled", D.read(h.serve_log), 1, true)
+  end)
+
+  it("O5/L1: a node leaving while its coordinator is frozen still fences; then nothing is left to drain and it exits", function()
+    if skip_without_curl() then return end
+    h = D.new() -- nodes fence after 2.4 s of silence
+    h:cluster(3, 4, 2)
+    local pid = h.agents.n2.pid
+    h:kill(h.serve_pid, "STOP")
+    h:kill(pid, "TERM")
+    D.wait("the signal to be taken", 5, function()
+      return h:log_of("n2"):match("draining this node before stopping") ~= nil
+    end)
+    assert.is_true(pcall(D.wait, "n2 to exit", 15, function() return not running(pid) end),
+      "n2 did not exit after its tasks were fenced")
+    local log = h:log_of("n2")
+    assert.matches("no word from the coordinator: stopping every task here", log, 1, true)
+    assert.matches("outcome=\"nothing left to drain: the O5 fence stopped every task here", log, 1, true)
+    assert.are.same({}, h:state("n2").maintainers)
+    assert.are.same({}, h:state("n2").dispatchers)
+    h:kill(h.serve_pid, "CONT")
+    h.agents.n2 = nil
+    h:settle(4, 2, 30)
   end)
 end)

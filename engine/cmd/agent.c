@@ -6,7 +6,9 @@
  * dispatchers through a timer driver, and reconnects with backoff when the coordinator
  * goes away. SIGINT/SIGTERM shut it down gracefully (L1): the coordinator drains the node
  * first, and the process ends once nothing runs here (or after --shutdown-timeout-ms); a
- * second signal ends it at once. */
+ * coordinator out of reach at the signal, or restarting meanwhile, is waited for (the tasks
+ * keep running, the node reconnects and asks again), unless the O5 fence stopped every
+ * task. A second signal ends it at once. The exit status is 0 for every signalled stop. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +28,8 @@ static void usage(FILE *to)
           "           --task-latency-ms N (timer driver; 50)  --heartbeat-ms N (1000)\n"
           "           --policy FILE (maintainers' placement)  --die-with-parent\n"
           "           --shutdown-timeout-ms N (on SIGTERM/SIGINT, wait up to N ms for the\n"
-          "             coordinator to drain this node before exiting; 60000; 0: exit at once)\n"
+          "             coordinator to drain this node before exiting, reconnecting to it\n"
+          "             meanwhile; 60000; 0: exit at once)\n"
           "           --log-level debug|info|warn|error\n",
           to);
 }
@@ -50,7 +53,10 @@ static void stop(agent_proc_t *p)
 static void on_left(void *arg, const char *why)
 {
     agent_proc_t *p = arg;
-    sl_log(SL_LOG_INFO, "graceful shutdown ended: stopping", "outcome", why, NULL);
+    /* tasks cut off rather than handed over (a timeout) are worth a warning */
+    int cut = !strncmp(why, "timed out", 9);
+    sl_log(cut ? SL_LOG_WARN : SL_LOG_INFO, "graceful shutdown ended: stopping", "outcome", why,
+           NULL);
     stop(p);
 }
 

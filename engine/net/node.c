@@ -76,12 +76,17 @@ struct sl_node {
     /* graceful shutdown (sl_node_leave) */
     int leaving;
     uint64_t leave_deadline_ms;
+    char leave_reason[64];  /* sent again in LEAVING after every WELCOME */
+    const char *leave_lost; /* why every task here stopped while leaving (fence, expel) */
+    char leave_why[160];    /* the outcome, when it is built */
     void (*leave_done)(void *arg, const char *why);
     void *leave_arg;
 };
 
 static void pump(sl_node_t *n);
 static void connect_now(sl_node_t *n);
+static void send_leaving(sl_node_t *n);
+static size_t running_tasks(sl_node_t *n);
 
 static uint64_t real_ms(void)
 {
@@ -216,6 +221,7 @@ static void on_written(uv_write_t *req, int status)
 }
 
 static void conn_drop(sl_node_t *n, const char *why);
+static void conn_drop_own(sl_node_t *n, const char *why);
 
 static void flush_out(sl_node_t *n)
 {
@@ -226,7 +232,7 @@ static void flush_out(sl_node_t *n)
         return;
     }
     if (uv_stream_get_write_queue_size((uv_stream_t *)&k->tcp) > WRITE_QUEUE_MAX) {
-        conn_drop(n, "coordinator does not read");
+        conn_drop_own(n, "coordinator does not read");
         return;
     }
     wreq_t *w = malloc(sizeof *w);
@@ -425,7 +431,12 @@ static void on_frame(sl_node_t *n, const sl_frame_t *f)
                  * comes back as a new incarnation that runs nothing. */
                 sl_log(SL_LOG_WARN, "expelled by the coordinator: restarting as a new incarnation",
                        "reason", f->reason, NULL);
-                if (restart_agent(n) == 0) n->backoff_ms = 0;
+                if (restart_agent(n) == 0) {
+                    n->backoff_ms = 0;
+                    if (n->leaving)
+                        n->leave_lost = "the coordinator declared this node dead; every task "
+                                        "here stopped";
+                }
             } else {
                 sl_log(SL_LOG_ERROR, "coordinator rejected this node", "reason", f->reason, NULL);
                 n->backoff_ms = n->cfg.reconnect_max_ms;
@@ -447,6 +458,12 @@ static void on_frame(sl_node_t *n, const sl_frame_t *f)
         sl_log(SL_LOG_INFO, "connected to the coordinator", "coordinator", n->coordinator,
                "drain_target", f->target, "epoch", e, NULL);
         send_bootstrap_heartbeat(n);
+        if (n->leaving) {
+            /* L1: a coordinator that restarted, or that took this connection's loss for a
+             * departure, knows nothing of the leave: it is asked again */
+            sl_log(SL_LOG_INFO, "leaving: asking the coordinator to drain this node", NULL);
+            send_leaving(n);
+        }
         return;
     }
     switch (f->type) {
@@ -564,7 +581,10 @@ static void conn_drop(sl_node_t *n, const char *why)
     nconn_t *k = n->conn;
     if (!k || k->closing) return;
     k->closing = 1;
-    if (n->ready && !n->closing)
+    if (n->ready && !n->closing && n->leaving)
+        sl_log(SL_LOG_WARN, "disconnected from the coordinator while leaving: the tasks keep "
+               "running here and this node reconnects to be drained", "reason", why, NULL);
+    else if (n->ready && !n->closing)
         sl_log(SL_LOG_WARN, "disconnected from the coordinator", "reason", why, NULL);
     else if (!n->closing)
         sl_log(SL_LOG_DEBUG, "connection attempt failed", "reason", why, NULL);
@@ -576,6 +596,20 @@ static void conn_drop(sl_node_t *n, const char *why)
     uv_close((uv_handle_t *)&k->tcp, conn_closed);
     schedule_reconnect(n);
     write_state(n);
+}
+
+/* This side closes a connection on which it said LEAVING: the coordinator takes the close
+ * for this process's exit (L3 at once) and places its tasks elsewhere. They stop here
+ * first, so that none runs twice (O5); this node then has nothing left to drain. */
+static void conn_drop_own(sl_node_t *n, const char *why)
+{
+    if (n->leaving && n->ready && !n->closing && running_tasks(n) > 0) {
+        sl_log(SL_LOG_WARN, "closing the connection while leaving: stopping every task here, "
+               "the coordinator takes the close for this node's exit", "reason", why, NULL);
+        if (restart_agent(n) == 0)
+            n->leave_lost = "every task here stopped when this node closed its connection";
+    }
+    conn_drop(n, why);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -608,7 +642,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         if (rc == SL_EAGAIN) break;
         if (rc) {
             sl_log(SL_LOG_WARN, "bad frame from the coordinator", "error", why, NULL);
-            conn_drop(n, "bad frame");
+            conn_drop_own(n, "bad frame");
             break;
         }
         on_frame(n, &f);
@@ -645,7 +679,7 @@ static void on_connect(uv_connect_t *req, int status)
 
 static void connect_now(sl_node_t *n)
 {
-    if (n->closing || n->conn || n->leaving) return;
+    if (n->closing || n->conn) return; /* a leaving node reconnects too: it is drained then */
     nconn_t *k = calloc(1, sizeof *k);
     if (!k) {
         schedule_reconnect(n);
@@ -673,15 +707,24 @@ static size_t running_tasks(sl_node_t *n)
     return running;
 }
 
-/* Whether a graceful shutdown may end now, and why. */
+/* Whether a graceful shutdown may end now, and why. Out of reach of the coordinator, the
+ * node waits for it (and reconnects) as long as a task runs here: a coordinator back within
+ * the deadline drains it. */
 static const char *leave_outcome(sl_node_t *n, uint64_t now)
 {
-    if (!n->ready) return "the coordinator is out of reach";
+    size_t running = running_tasks(n);
     int stopping = sl_agent_liveness(n->agent) == SL_STOPPING;
-    if (stopping && running_tasks(n) == 0) return "drained";
+    if (stopping && running == 0) return "drained";
     if (stopping && strcmp(sl_agent_drain_target(n->agent), n->id) != 0)
         return "stopping; no drain of this node to wait for";
-    if (now >= n->leave_deadline_ms) return "timed out";
+    if (!n->ready && running == 0) {
+        if (!n->leave_lost)
+            return "nothing to drain: no task runs here (the coordinator is out of reach)";
+        snprintf(n->leave_why, sizeof n->leave_why, "nothing left to drain: %s", n->leave_lost);
+        return n->leave_why;
+    }
+    if (now >= n->leave_deadline_ms)
+        return n->ready ? "timed out" : "timed out; the coordinator is out of reach";
     return NULL;
 }
 
@@ -710,6 +753,8 @@ static void fence(sl_node_t *n, uint64_t now)
            "runs twice (O5)", "silent_ms", silent, "tasks", count, NULL);
     n->last_rx_ms = 0;
     if (restart_agent(n) != 0) return;
+    if (n->leaving)
+        n->leave_lost = "the O5 fence stopped every task here (no word from the coordinator)";
     if (n->conn) conn_drop(n, "the coordinator is silent");
     write_state(n);
 }
@@ -726,6 +771,17 @@ static void on_tick(uv_timer_t *t)
     check_leave(n, now);
 }
 
+static void send_leaving(sl_node_t *n)
+{
+    sl_frame_t f;
+    memset(&f, 0, sizeof f);
+    f.type = SL_FRAME_LEAVING;
+    snprintf(f.node, sizeof f.node, "%s", n->id);
+    snprintf(f.reason, sizeof f.reason, "%s", n->leave_reason);
+    int rc = queue_frame(n, &f);
+    if (rc) sl_log(SL_LOG_WARN, "LEAVING not encoded", "error", sl_strerror(rc), NULL);
+}
+
 void sl_node_leave(sl_node_t *n, const char *reason, uint64_t timeout_ms,
                    void (*done)(void *arg, const char *why), void *arg)
 {
@@ -735,15 +791,16 @@ void sl_node_leave(sl_node_t *n, const char *reason, uint64_t timeout_ms,
     uint64_t now = now_ms(n);
     n->leave_deadline_ms = timeout_ms > UINT64_MAX - now ? UINT64_MAX : now + timeout_ms;
     n->leaving = 1;
-    uv_timer_stop(&n->reconnect); /* a node on its way out does not come back */
+    n->leave_lost = NULL;
+    snprintf(n->leave_reason, sizeof n->leave_reason, "%s", reason ? reason : "");
+    /* the connection, and the reconnect timer when there is none, go on: the coordinator
+     * drains this node once it hears LEAVING, now or after the next WELCOME */
     if (n->ready) {
-        sl_frame_t f;
-        memset(&f, 0, sizeof f);
-        f.type = SL_FRAME_LEAVING;
-        snprintf(f.node, sizeof f.node, "%s", n->id);
-        snprintf(f.reason, sizeof f.reason, "%s", reason ? reason : "");
-        queue_frame(n, &f);
+        send_leaving(n);
         flush_out(n);
+    } else if (running_tasks(n) > 0) {
+        sl_log(SL_LOG_INFO, "leaving: the coordinator is out of reach; the tasks keep running "
+               "here until it is back to drain this node", NULL);
     }
     check_leave(n, now);
 }

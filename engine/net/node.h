@@ -53,10 +53,14 @@ void sl_node_close(sl_node_t *n);
 
 /* Graceful shutdown (L1): tells the coordinator this node is leaving (LEAVING, with
  * `reason`), which drains it — or, when nothing can take its tasks, marks it Stopping.
+ * The tasks keep running and the node keeps (re)connecting with the usual backoff: after
+ * every WELCOME it says LEAVING again, so a coordinator that was out of reach at the
+ * signal, or that restarted during the drain, drains it too. The O5 fence still applies.
  * `done(arg, why)` is called once, from the loop, when the node is Stopping with nothing
- * left running ("drained"), Stopping with no drain of it to wait for, the coordinator is
- * out of reach, or `timeout_ms` has passed; then the caller closes the node. Not
- * connected: done is called at once. */
+ * left running ("drained"), Stopping with no drain of it to wait for, out of reach of the
+ * coordinator with no task left here ("nothing to drain: …", "nothing left to drain: …"
+ * when the fence or an expulsion stopped them), or `timeout_ms` has passed ("timed out");
+ * then the caller closes the node. `done` may be called before this returns. */
 void sl_node_leave(sl_node_t *n, const char *reason, uint64_t timeout_ms,
                    void (*done)(void *arg, const char *why), void *arg);
 
