@@ -78,6 +78,34 @@ describe("e2e graceful shutdown", function()
     h:settle(4, 2, 30)
   end)
 
+  it("L1/O5: a leaving node whose connection just closes (kill -9) is not taken for gone until the node timeout", function()
+    -- only the node's own word (LEAVING state 1, said as its process ends) lets the
+    -- coordinator place its tasks at once; a connection that closes without it — a reset
+    -- between two live processes looks the same — may leave tasks running there
+    if skip_without_curl() then return end
+    h = D.new({ latency = 1500 })
+    h:cluster(3, 4, 2)
+    local pid = h.agents.n2.pid
+    h:kill(pid, "TERM")
+    D.wait("the first signal to be taken", 5, function()
+      return h:log_of("n2"):match("draining this node") ~= nil
+    end)
+    h:kill(pid, "KILL")
+    assert.is_true(h:reap(pid, 5))
+    D.wait("the coordinator to see n2's connection close", 5, function()
+      return D.read(h.serve_log):match("node disconnected[^\n]*node=n2") ~= nil
+    end)
+    -- the node timeout is 4 s here: a second after the close, n2 is still a member
+    D.sleep(1)
+    assert.is_not_nil(h:liveness_map().n2, "n2 was dropped at once on a bare close")
+    assert.falsy(D.read(h.serve_log):match("node left after a graceful shutdown[^\n]*node=n2"))
+    D.wait("n2 to be declared dead after the node timeout", 15, function()
+      return h:liveness_map().n2 == nil
+    end)
+    h.agents.n2 = nil
+    h:settle(4, 2, 30)
+  end)
+
   it("L1: an operator who cancels a leaving node's drain is obeyed; the node exits at its timeout", function()
     if skip_without_curl() then return end
     h = D.new({ latency = 400 })

@@ -51,7 +51,7 @@ struct conn {
     uint64_t opened_ms;
     int welcomed;
     int closing;
-    int node_closed; /* the node closed the connection itself (EOF, reset): it has exited */
+    int node_exiting; /* the node said its process ends (LEAVING state 1): nothing runs there */
     int bootstrap_reported; /* the first heartbeat after HELLO adopts what the node runs */
 };
 
@@ -493,11 +493,13 @@ static void conn_close(conn_t *k, const char *why)
     if (k->node[0]) {
         peer_t *p = peer_find(c, k->node);
         if (p && p->conn == k) p->conn = NULL;
-        if (p && p->conn == NULL && p->leaving && k->node_closed && !c->closing) {
-            /* it said it was going and its process closed the connection: its tasks are
-             * not waited for (L3 at once). A connection the coordinator closed (a bad frame,
-             * a full write queue) goes the usual way: the node may still run its tasks. */
-            sl_log(SL_LOG_INFO, "node left after a graceful shutdown", "node", k->node, NULL);
+        if (p && p->conn == NULL && k->node_exiting && !c->closing) {
+            /* its process said it ends, then closed: its tasks ended with it and are placed
+             * again now (L3 at once). Any other close — a reset, a bad frame, a full write
+             * queue — goes the usual way: the node may still run its tasks, and only the
+             * node timeout (which its own O5 fence undercuts) lets them run elsewhere. */
+            sl_log(SL_LOG_INFO, p->leaving ? "node left after a graceful shutdown" : "node exited",
+                   "node", k->node, NULL);
             p->leaving = 0;
             p->dead = 1;
             sl_core_node_leave(c->core, k->node);
@@ -734,6 +736,10 @@ static void on_leaving(conn_t *k, const sl_frame_t *f)
                NULL);
         return;
     }
+    if (f->state == 1) { /* its process ends: acted on when the connection closes */
+        k->node_exiting = 1;
+        return;
+    }
     sl_log(SL_LOG_INFO, "node asks to leave", "node", p->id, "reason", f->reason, NULL);
     p->leaving = 1;
     sl_core_node_cordon(c->core, p->id, 1); /* nothing new goes there while its drain waits */
@@ -799,7 +805,6 @@ static void on_conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     conn_t *k = s->data;
     sl_coord_t *c = k->coord;
     if (nread < 0) {
-        k->node_closed = nread == UV_EOF || nread == UV_ECONNRESET;
         conn_close(k, nread == UV_EOF ? "closed by the node" : uv_strerror((int)nread));
         after_event(c);
         return;

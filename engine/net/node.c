@@ -221,8 +221,6 @@ static void on_written(uv_write_t *req, int status)
 }
 
 static void conn_drop(sl_node_t *n, const char *why);
-static void conn_drop_own(sl_node_t *n, const char *why);
-
 static void flush_out(sl_node_t *n)
 {
     if (!n->olen) return;
@@ -232,7 +230,7 @@ static void flush_out(sl_node_t *n)
         return;
     }
     if (uv_stream_get_write_queue_size((uv_stream_t *)&k->tcp) > WRITE_QUEUE_MAX) {
-        conn_drop_own(n, "coordinator does not read");
+        conn_drop(n, "coordinator does not read");
         return;
     }
     wreq_t *w = malloc(sizeof *w);
@@ -601,16 +599,6 @@ static void conn_drop(sl_node_t *n, const char *why)
 /* This side closes a connection on which it said LEAVING: the coordinator takes the close
  * for this process's exit (L3 at once) and places its tasks elsewhere. They stop here
  * first, so that none runs twice (O5); this node then has nothing left to drain. */
-static void conn_drop_own(sl_node_t *n, const char *why)
-{
-    if (n->leaving && n->ready && !n->closing && running_tasks(n) > 0) {
-        sl_log(SL_LOG_WARN, "closing the connection while leaving: stopping every task here, "
-               "the coordinator takes the close for this node's exit", "reason", why, NULL);
-        if (restart_agent(n) == 0)
-            n->leave_lost = "every task here stopped when this node closed its connection";
-    }
-    conn_drop(n, why);
-}
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
@@ -642,7 +630,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         if (rc == SL_EAGAIN) break;
         if (rc) {
             sl_log(SL_LOG_WARN, "bad frame from the coordinator", "error", why, NULL);
-            conn_drop_own(n, "bad frame");
+            conn_drop(n, "bad frame");
             break;
         }
         on_frame(n, &f);
@@ -922,6 +910,18 @@ fail:
 void sl_node_close(sl_node_t *n)
 {
     if (!n || n->closing) return;
+    if (n->ready) {
+        /* L1/L3: the process ends and its tasks with it — said, so the coordinator places
+         * them at once instead of after the node timeout. Only this word counts as an exit
+         * there: a connection that merely closes (a reset) may leave tasks running here. */
+        sl_frame_t f;
+        memset(&f, 0, sizeof f);
+        f.type = SL_FRAME_LEAVING;
+        f.state = 1;
+        snprintf(f.node, sizeof f.node, "%s", n->id);
+        snprintf(f.reason, sizeof f.reason, "exiting");
+        if (queue_frame(n, &f) == 0) flush_out(n);
+    }
     n->ready = 0;
     write_state(n);
     n->closing = 1;

@@ -44,7 +44,7 @@ static const field_t schema_agent[] = {U8(amsg),        STR(from),  STR(to),    
                                        STR(changefeed), U8(state),  U64(node_epoch),
                                        U64(epoch),      U64(issuer), U32(remaining), ITEMS, END};
 static const field_t schema_view[] = {U64(view_version), STR(target), U64(epoch), ITEMS, END};
-static const field_t schema_leaving[] = {STR(node), STR(reason), END};
+static const field_t schema_leaving[] = {STR(node), STR(reason), U8(state), END};
 
 static const field_t *schema_of(int type)
 {

@@ -41,8 +41,10 @@ typedef enum {
     SL_FRAME_VIEW = 12,     /* coordinator → node: the cluster view — version, target,
                              * epoch, items {node, value = liveness, value64 = node epoch}; its version is
                              * view_version */
-    SL_FRAME_LEAVING = 13,  /* node → coordinator: node, reason — it is shutting down and
-                             * asks to be drained first (L1 graceful shutdown) */
+    SL_FRAME_LEAVING = 13,  /* node → coordinator: node, reason, state — state 0: it is
+                             * shutting down and asks to be drained first (L1 graceful
+                             * shutdown); state 1: its process ends now and nothing runs
+                             * there any more (sent just before it closes the connection) */
 } sl_frame_type_t;
 
 typedef struct {

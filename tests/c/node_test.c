@@ -27,7 +27,7 @@ typedef struct {
     sl_proto_reader_t rd;
     uint64_t node_timeout_ms;
     /* what the node said */
-    int hellos, leavings, leavings_on_conn;
+    int hellos, leavings, leavings_on_conn, exits; /* exits: LEAVING state 1 */
     uint64_t hello_epoch;
     char leave_reason[SL_ERRMSG_MAX];
     /* the node's shutdown */
@@ -89,6 +89,8 @@ static void on_frame(fake_t *c, const sl_frame_t *f)
         sl_frame_t w = {.type = SL_FRAME_WELCOME, .version = SL_PROTO_VERSION,
                         .node_timeout_ms = c->node_timeout_ms};
         fake_send(c, &w);
+    } else if (f->type == SL_FRAME_LEAVING && f->state == 1) {
+        c->exits++;
     } else if (f->type == SL_FRAME_LEAVING) {
         c->leavings++;
         c->leavings_on_conn++;
@@ -367,6 +369,21 @@ static void test_deadline_while_away(void)
     world_end(&w);
 }
 
+/* L1/L3: a node that closes says its process ends, before its connection closes — the
+ * coordinator takes only this word for an exit, never a connection that merely closed */
+static void test_close_says_exiting(void)
+{
+    world_t w;
+    TAP_CHECK(world_start(&w, 10000) == 0, "node starts");
+    TAP_CHECK(connected_running(&w), "the node connects and runs a maintainer");
+    TAP_CHECK(w.coord.exits == 0, "L1: no exit is said while it runs");
+    sl_node_close(w.node);
+    w.node = NULL;
+    TAP_CHECK(RUN_UNTIL(&w, w.coord.exits == 1 && !w.coord.conn, 5000),
+              "L1: closing says LEAVING state 1 (exiting), then the connection closes");
+    world_end(&w);
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -376,5 +393,6 @@ int main(void)
     test_fence_while_leaving();
     test_nothing_to_drain();
     test_deadline_while_away();
+    test_close_says_exiting();
     return TAP_DONE();
 }

@@ -76,10 +76,11 @@ int main(void)
     sl_frame_t lv = {.type = SL_FRAME_LEAVING};
     strcpy(lv.node, "n2");
     strcpy(lv.reason, "SIGTERM");
+    lv.state = 1;
     TAP_CHECK(roundtrip(&lv, &b, back_items, 8) == 0 && b.type == SL_FRAME_LEAVING &&
-                  !strcmp(b.node, "n2") && !strcmp(b.reason, "SIGTERM") &&
+                  !strcmp(b.node, "n2") && !strcmp(b.reason, "SIGTERM") && b.state == 1 &&
                   !strcmp(sl_proto_type_name(SL_FRAME_LEAVING), "leaving"),
-              "a node's LEAVING frame round-trips with its reason (L1)");
+              "a node's LEAVING frame round-trips with its reason and state (L1)");
 
     uint8_t buf[256];
     size_t len = 0, used;
