@@ -106,6 +106,52 @@ describe("e2e graceful shutdown", function()
     h:settle(4, 2, 30)
   end)
 
+  it("L1: a node shutting down while another drain runs takes no new dispatcher meanwhile", function()
+    -- its own drain waits for its turn (D2); the maintainers learn it is cordoned from the
+    -- cluster view and place nothing there, so nothing lands on it only to move again
+    if skip_without_curl() then return end
+    h = D.new({ latency = 300 })
+    h:serve("--drain-batch-size 1")
+    for i = 1, 3 do h:agent("n" .. i) end
+    D.wait("agents to join", 10, function()
+      local _, body = h:http("GET", "/api/v2/captures")
+      return body.total == 3
+    end)
+    for i = 1, 4 do
+      assert.are.equal(201, (h:http("POST", "/api/v2/changefeeds",
+        { body = ('{"changefeed_id":"cf%02d","table_count":2}'):format(i) })))
+    end
+    h:settle(4, 2)
+    assert.are.equal(202, (h:http("PUT", "/api/v2/captures/n1/drain")))
+    local pid = h.agents.n3.pid
+    h:kill(pid, "TERM")
+    D.wait("n3's drain to wait for n1's", 10, function()
+      return D.read(h.serve_log):match("its drain cannot start yet[^\n]*node=n3") ~= nil
+    end)
+    -- a new changefeed now: with n1 draining and n3 leaving, only n2 may take its tasks
+    assert.are.equal(201, (h:http("POST", "/api/v2/changefeeds",
+      { body = '{"changefeed_id":"late","table_count":8}' })))
+    local seen = {}
+    D.wait("the new changefeed to run", 20, function()
+      local on = {}
+      for id in pairs(h.agents) do
+        local st = h:state(id)
+        for _, list in ipairs({ st and st.maintainers or {}, st and st.dispatchers or {} }) do
+          for _, t in ipairs(list) do
+            if t == "late" or t:match("^late/") then
+              on[#on + 1] = id
+              if id == "n3" then seen[#seen + 1] = t end
+            end
+          end
+        end
+      end
+      return #on == 10, #on .. " of 10"
+    end)
+    assert.are.same({}, seen, "tasks of the new changefeed landed on the leaving node n3")
+    D.wait("n3 to exit drained", 40, function() return not running(pid) end)
+    assert.matches("outcome=drained", h:log_of("n3"), 1, true)
+  end)
+
   it("L1: an operator who cancels a leaving node's drain is obeyed; the node exits at its timeout", function()
     if skip_without_curl() then return end
     h = D.new({ latency = 400 })

@@ -84,6 +84,7 @@ typedef struct {
     char id[SL_ID_MAX];
     uint64_t node_epoch;
     sl_liveness_t liveness;
+    bool cordoned;
 } vnode_t;
 
 struct sl_agent {
@@ -417,7 +418,14 @@ static void maint_sync(sl_agent_t *a, maint_t *m)
         /* else: the drain ended but this node does not know how yet; the old target stays
          * unschedulable here until a view tells */
     }
-    /* Stopping nodes (a completed drain, a graceful shutdown) take nothing (L2) */
+    /* Stopping nodes (a completed drain, a graceful shutdown) take nothing (L2); nor does a
+     * node shutting down while its drain waits for its turn (cordoned, L1) */
+    for (size_t i = 0; i < m->njoined; i++) {
+        const vnode_t *v = view_node(a, m->joined[i].id);
+        sl_node_info_t info;
+        if (v && sl_core_node_info(core, v->id, &info) == 0 && (info.cordoned != 0) != v->cordoned)
+            sl_core_node_cordon(core, v->id, v->cordoned);
+    }
     for (size_t i = 0; i < m->njoined; i++) {
         const vnode_t *v = view_node(a, m->joined[i].id);
         sl_liveness_t l;
@@ -1019,6 +1027,7 @@ int sl_agent_view(sl_agent_t *agent, uint64_t version, const sl_agent_node_t *no
         copy_id(a->view[i].id, nodes[i].id);
         a->view[i].node_epoch = nodes[i].node_epoch;
         a->view[i].liveness = nodes[i].liveness;
+        a->view[i].cordoned = nodes[i].cordoned != 0;
         if (!strcmp(nodes[i].id, a->id) && nodes[i].node_epoch == a->node_epoch)
             a->liveness = nodes[i].liveness; /* L5 learns it is Stopping here */
     }

@@ -101,6 +101,7 @@ typedef struct {
     const char *id;
     uint64_t node_epoch; /* changes when the node restarts: its old tasks are gone */
     sl_liveness_t liveness;
+    int cordoned; /* shutting down (L1): Alive, but it takes no new dispatcher */
 } sl_agent_node_t;
 
 /* ---- lifetime ------------------------------------------------------------------------------ */

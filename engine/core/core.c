@@ -655,7 +655,8 @@ static void fill_node_info(sl_node_t *n, sl_node_info_t *out)
                             .dispatchers = n->count[SL_TASK_DISPATCHER] + n->reported_dispatchers,
                             .inflight = n->ops_to,
                             .ops_from = n->ops_from,
-                            .ops_to = n->ops_to};
+                            .ops_to = n->ops_to,
+                            .cordoned = n->cordoned};
 }
 
 size_t sl_core_node_count(sl_core_t *core)

@@ -255,6 +255,7 @@ typedef struct {
     uint32_t inflight;    /* O4: operators on their way to this node */
     uint32_t ops_from;    /* operators whose origin is this node */
     uint32_t ops_to;      /* operators whose destination is this node */
+    int cordoned;         /* receives no new task though Alive (sl_core_node_cordon) */
 } sl_node_info_t;
 
 size_t sl_core_node_count(sl_core_t *core);

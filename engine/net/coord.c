@@ -322,7 +322,7 @@ static uint64_t view_signature(sl_coord_t *c)
         sl_node_info_t info;
         if (sl_core_node_at(c->core, i, &info)) continue;
         for (const char *p = info.id; *p; p++) MIX((unsigned char)*p);
-        MIX(0x100 + info.liveness);
+        MIX(0x100 + info.liveness + (info.cordoned ? 0x10 : 0));
         peer_t *p = peer_find(c, info.id);
         MIX(p ? p->node_epoch : 0);
     }
@@ -353,7 +353,7 @@ static void view_frame(sl_coord_t *c, sl_frame_t *f)
         sl_frame_item_t *it = &c->items[f->nitems++];
         memset(it, 0, sizeof *it);
         snprintf(it->id, sizeof it->id, "%s", info.id);
-        it->value = (uint32_t)info.liveness;
+        it->value = (uint32_t)info.liveness | (info.cordoned ? 0x100u : 0); /* L1 */
         peer_t *p = peer_find(c, info.id);
         it->value64 = p ? p->node_epoch : 0;
     }

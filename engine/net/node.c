@@ -502,7 +502,9 @@ static void on_frame(sl_node_t *n, const sl_frame_t *f)
         for (size_t i = 0; i < f->nitems; i++) {
             v[i].id = f->items[i].id;
             v[i].node_epoch = f->items[i].value64;
-            v[i].liveness = f->items[i].value <= SL_STOPPING ? (sl_liveness_t)f->items[i].value : SL_STOPPING;
+            uint32_t l = f->items[i].value & 0xff; /* bit 8: cordoned (coord.c view_frame) */
+            v[i].liveness = l <= SL_STOPPING ? (sl_liveness_t)l : SL_STOPPING;
+            v[i].cordoned = (f->items[i].value >> 8) & 1;
         }
         sl_liveness_t before = sl_agent_liveness(n->agent);
         sl_agent_view(n->agent, f->view_version, v, f->nitems, f->target, f->epoch, now);

@@ -691,7 +691,8 @@ static void broadcast_view(sim_t *s, bool force)
             snprintf(v->ids[v->n], SL_ID_MAX, "%s", info.id);
             v->nodes[v->n] = (sl_agent_node_t){.id = v->ids[v->n],
                                                .node_epoch = k ? s->nodes[k].conn_epoch : 0,
-                                               .liveness = info.liveness};
+                                               .liveness = info.liveness,
+                                               .cordoned = info.cordoned};
             v->n++;
         }
         e->pay = PAY_VIEW;

@@ -57,7 +57,7 @@ static void test_basics(void)
     drv_t d = {0};
     sl_agent_t *a;
     TAP_CHECK(sl_agent_new("n1", 1, NULL, &ops, &d, &a) == 0, "agent_new");
-    sl_agent_node_t view[] = {{"n1", 1, SL_ALIVE}, {"n2", 1, SL_ALIVE}};
+    sl_agent_node_t view[] = {{"n1", 1, SL_ALIVE, 0}, {"n2", 1, SL_ALIVE, 0}};
     sl_agent_view(a, 1, view, 2, "", 0, 0);
 
     /* a maintainer starts, with its trigger dispatcher (D7), and reports working */
@@ -105,7 +105,7 @@ static void test_basics(void)
     sl_agent_outbox_clear(a);
 
     /* L5: once the view says this node is Stopping, a new START is refused */
-    sl_agent_node_t stopping[] = {{"n1", 1, SL_STOPPING}, {"n2", 1, SL_ALIVE}};
+    sl_agent_node_t stopping[] = {{"n1", 1, SL_STOPPING, 0}, {"n2", 1, SL_ALIVE, 0}};
     sl_agent_view(a, 2, stopping, 2, "", 4, 50);
     TAP_CHECK(sl_agent_liveness(a) == SL_STOPPING, "L5: the node knows it is Stopping");
     sl_agent_outbox_clear(a);
@@ -345,7 +345,7 @@ static void view(cluster_t *c, const char *draining, uint64_t drain_epoch)
     sl_agent_node_t v[NAG];
     for (int i = 0; i < NAG; i++)
         v[i] = (sl_agent_node_t){NODE[i], 1,
-                                 draining && !strcmp(draining, NODE[i]) ? SL_DRAINING : SL_ALIVE};
+                                 draining && !strcmp(draining, NODE[i]) ? SL_DRAINING : SL_ALIVE, 0};
     c->view_version++;
     for (int i = 0; i < NAG; i++)
         sl_agent_view(c->ag[i], c->view_version, v, NAG, draining ? draining : "", drain_epoch,
