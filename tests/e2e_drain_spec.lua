@@ -138,6 +138,10 @@ describe("e2e drain", function()
       return s.state == "completed", s.state
     end)
     assert.are.equal("stopping", liveness(h, "n1"))
+    -- A8: the restored drain's end is logged by the new coordinator like any other
+    D.wait("the new coordinator to log the drain's end", 5, function()
+      return D.read(h.serve_log):match("drain ended[^\n]*target=n1[^\n]*state=completed") ~= nil
+    end)
     local rc = D.wait("the watch to end", 20, function() return D.read(watch .. ".rc") end)
     assert.are.equal("0", rc:match("%d+"), D.read(watch))
     assert.matches("drain of n1 completed", D.read(watch), 1, true)

@@ -25,6 +25,11 @@ const char *sl_strerror(int code)
     case SL_ENOMEM: return "out of memory";
     case SL_EPOLICY: return "policy failed";
     case SL_ELIMIT: return "limit reached";
+    case SL_EIO: return "the store could not write or read";
+    case SL_ENOTENOUGH: return "fewer than 2 Alive nodes: nowhere to move its tasks";
+    case SL_ECOORDINATOR: return "it is the coordinator's own node";
+    case SL_ESTOPPING: return "the node is Stopping";
+    case SL_ENOTREADY: return "the coordinator is bootstrapping";
     default: return "unknown error";
     }
 }

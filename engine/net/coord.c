@@ -1789,6 +1789,9 @@ int sl_coord_start(uv_loop_t *loop, const sl_coord_config_t *cfg, sl_coord_t **o
     sl_core_stats_t st;
     sl_core_stats(c->core, &st);
     c->log_epoch = st.epoch;
+    /* A8: a restored drain's end (completed, or lost when its target does not come back)
+     * is logged like any other */
+    if (had_record) snprintf(c->log_target, sizeof c->log_target, "%s", rec.target);
 
     /* P4: a failed first load keeps the built-in policy, with the error shown */
     sl_policy_limits_t lim;
