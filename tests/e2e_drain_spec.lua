@@ -188,4 +188,36 @@ describe("e2e drain", function()
     -- and the new n2 takes work again: a changefeed created now may land there
     h:settle(4, 2, 10)
   end)
+  it("A5: a second agent started with an id already connected is refused; the first keeps its tasks", function()
+    if skip_without_curl() then return end
+    h = D.new()
+    h:cluster(3, CF, TABLES)
+    local before = h:state("n2")
+    local dup_state, dup_log = h.dir .. "/n2-dup.json", h.dir .. "/n2-dup.log"
+    local dup = h:spawn("duplicate n2", ("agent --coordinator 127.0.0.1:%d --id n2 --token-file %s " ..
+      "--state-file %s --task-latency-ms 20"):format(h.node_port, h.token_file, dup_state), dup_log)
+    D.wait("the duplicate to be refused", 10, function()
+      return (D.read(dup_log) or ""):match("coordinator rejected this node") ~= nil
+    end)
+    assert.matches("already connected", D.read(dup_log), 1, true)
+    assert.matches("node rejected[^\n]*is another agent running with %-%-id n2", D.read(h.serve_log))
+    D.sleep(1.5) -- it keeps trying, and keeps being refused
+    assert.falsy(D.read(h.serve_log):match("node restarted[^\n]*node=n2"), "the duplicate took n2's place")
+    local dup_st = D.read(dup_state)
+    assert.falsy(dup_st and dup_st:match('"dispatchers":%[%s*"'), "the duplicate runs tasks: " .. tostring(dup_st))
+    -- the first n2 went on as it was; nothing runs twice
+    local after = h:state("n2")
+    assert.are.equal(#before.maintainers + #before.dispatchers, #after.maintainers + #after.dispatchers)
+    h:settle(CF, TABLES, 10)
+    -- once the first process is gone, a new one under the id is a restart and is let in
+    h:kill(dup, "KILL")
+    h:kill(h.agents.n2.pid, "KILL")
+    assert.is_true(h:reap(h.agents.n2.pid, 5))
+    h:agent("n2")
+    D.wait("the new n2 to join", 10, function()
+      return D.read(h.serve_log):match("node restarted[^\n]*node=n2") ~= nil
+        or D.read(h.serve_log):match("node joined[^\n]*node=n2[^\n]*\n.*node joined[^\n]*node=n2") ~= nil
+    end)
+    h:settle(CF, TABLES, 20)
+  end)
 end)

@@ -529,8 +529,7 @@ static void reject(conn_t *k, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(f.reason, sizeof f.reason, fmt, ap);
     va_end(ap);
-    sl_log(SL_LOG_WARN, "node rejected", "peer", k->peer, "node", k->node[0] ? k->node : NULL,
-           "reason", f.reason, NULL);
+    sl_log(SL_LOG_WARN, "node rejected", "peer", k->peer, "reason", f.reason, NULL);
     conn_queue(k, &f);
     conn_flush(k);
     conn_close(k, "rejected");
@@ -567,6 +566,27 @@ static void on_hello(conn_t *k, const sl_frame_t *f)
     if (p && p->dead && p->node_epoch == f->node_epoch) {
         k->node[0] = 0; /* not this peer's connection */
         reject(k, "expelled: node %s was declared dead; restart with a new node epoch", f->node);
+        return;
+    }
+    /* A5: one process per node id. An older incarnation than the one seen is a stale or
+     * second process; a new one while the connected one still heartbeats is a second agent
+     * started with the same --id. Letting either in makes the two take turns, each
+     * "restart" running tasks the other still runs. A connected process that has gone
+     * silent (it died and its connection is half-open) is replaced as a restart. */
+    if (p && f->node_epoch < p->node_epoch) {
+        k->node[0] = 0;
+        reject(k, "node %s: node epoch %" PRIu64 " is older than the one this coordinator knows "
+                  "(%" PRIu64 "): is another agent running with --id %s?",
+               f->node, f->node_epoch, p->node_epoch, f->node);
+        return;
+    }
+    uint64_t hb = c->cfg.heartbeat_interval_ms ? c->cfg.heartbeat_interval_ms : 1000;
+    if (p && p->conn && p->conn != k && p->node_epoch != f->node_epoch &&
+        now - p->last_heartbeat_ms <= 2 * hb) {
+        k->node[0] = 0;
+        reject(k, "node %s is already connected (from %s, heard %" PRIu64 " ms ago): is another "
+                  "agent running with --id %s?",
+               f->node, p->conn->peer, now - p->last_heartbeat_ms, f->node);
         return;
     }
     sl_node_info_t info;
