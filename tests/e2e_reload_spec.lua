@@ -2,7 +2,9 @@
 -- real coordinator and three nodes (support/procs.lua: batch 1, slow tasks), with a
 -- policy directory of its own: a policy saved mid-drain goes live between two rounds and
 -- later moves follow it; a broken one is kept out with file:line while the drain goes on;
--- a live policy that loops in `place` has its decisions refused and the drain completes.
+-- one whose `place` loops is kept out the same way (the trial of `policy check` that every
+-- load runs); a live policy that loops only on live data has its decisions refused and
+-- the drain completes.
 local C = require "support.procs"
 local q, sh, run, wait, available = C.q, C.sh, C.run, C.wait, C.available
 local cjson = require "cjson"
@@ -53,12 +55,13 @@ return {
 
 local BROKEN = "return {\n  name = 'broken',\n  place = function(tasks nodes) end,\n}\n"
 
--- Passes its selftest and its checks, then loops forever on real drain batches.
+-- Passes its selftest and the trial of `policy check` (whose drain is of n5), then loops
+-- forever on the real drain of n1: a bug only live data shows.
 local LOOPING = [[
 return {
   name = "loops-in-drain",
   place = function(tasks, nodes, ctx)
-    if #tasks > 0 and ctx.reason == "drain" then
+    if #tasks > 0 and ctx.reason == "drain" and ctx.drain_target == "n1" then
       while true do end
     end
     local out = {}
@@ -68,6 +71,26 @@ return {
   selftest = function() return true end,
 }
 ]]
+
+-- Loops on every call: the trial of `policy check` that each load runs catches it.
+local LOOPS_ALWAYS = [[
+return {
+  name = "looper",
+  place = function(tasks, nodes, ctx)
+    while true do end
+  end,
+  selftest = function() return true end,
+}
+]]
+
+local function count(s, plain)
+  local n, at = 0, 1
+  while true do
+    local i, j = s:find(plain, at, true)
+    if not i then return n end
+    n, at = n + 1, j + 1
+  end
+end
 
 describe("P4: hot reload during a drain (end to end)", function()
   local ok, why = available()
@@ -159,6 +182,36 @@ describe("P4: hot reload during a drain (end to end)", function()
     assert.are.equal(before.name, policy_info().name)
   end)
 
+  it("P4/P2: a policy whose place loops is refused by the watched reload (the trial of `policy check`); the previous one stays", function()
+    if not ok then return pending(why) end
+    local before = policy_info()
+    save(policy_dir, LOOPS_ALWAYS)
+    local info = wait("the error to show", 5, function()
+      local i = policy_info()
+      return i and i.last_error ~= cjson.null and i
+    end)
+    assert.are.equal(before.name, info.name)
+    assert.are.equal(before.version, info.version)
+    assert.truthy(info.last_error:match("^using previous policy: policy looper %("), info.last_error)
+    assert.truthy(info.last_error:match("least_loaded%.lua:4%): place exceeded its budget of 50 ms"), info.last_error)
+    assert.are.equal(1, count(info.last_error, "policy looper"), info.last_error)
+    -- POST …/reload runs the same trial: 422 with file:line, nothing swapped
+    local rc, err = json("POST", "/api/v2/policies/reload")
+    assert.are.equal(422, rc)
+    assert.are.equal("POLICY_ERROR", err.error_code)
+    assert.truthy(err.error_msg:match("least_loaded%.lua:4%)"), err.error_msg)
+    local after = policy_info()
+    assert.are.equal(before.name, after.name)
+    assert.are.equal(before.version, after.version)
+    -- the previous policy still places: a drain completes
+    assert.are.equal(202, (json("PUT", "/api/v2/captures/n1/drain")))
+    wait("the drain to complete", 25, function()
+      local s = drain_state("n1")
+      return s and s.state == "completed"
+    end)
+    assert.are.equal(before.name, policy_info().name)
+  end)
+
   it("P3: a live policy that loops in place is refused; the drain still completes", function()
     if not ok then return pending(why) end
     local v0 = policy_info().version
@@ -175,6 +228,16 @@ describe("P4: hot reload during a drain (end to end)", function()
     local info = policy_info()
     assert.are.equal("loops-in-drain", info.name)
     assert.is_true(info.refusals > 0, cjson.encode(info))
+    -- P3: each refusal names the policy once (QA saw "policy X (…): policy X (…:5): …")
+    assert.is_true(#info.recent_refusals > 0, cjson.encode(info))
+    for _, r in ipairs(info.recent_refusals) do
+      assert.are.equal(1, count(r, "policy loops-in-drain ("), r)
+    end
+    local budget = false
+    for _, r in ipairs(info.recent_refusals) do
+      budget = budget or r:find("least_loaded.lua:5: place exceeded its budget", 1, true) ~= nil
+    end
+    assert.is_true(budget, cjson.encode(info.recent_refusals))
     -- the coordinator still answers
     assert.are.equal(200, (C.http("GET", "/api/v2/health")))
   end)

@@ -77,6 +77,33 @@ describe("sluice policy check", function()
     end)
   end
 
+  it("P2/P3: each problem names the policy once, with file:line", function()
+    local _, _, err = sluice("policy check " .. FIX .. "loop_place.lua")
+    for line in err:gmatch("[^\n]+") do
+      if line:find("exceeded its budget", 1, true) then
+        assert.matches("^policy loop%-place %(" .. FIX:gsub("%p", "%%%0") .. "loop_place%.lua:4%): place exceeded", line)
+        assert.is_nil(line:find("policy", 2, true), line)
+      end
+    end
+    _, _, err = sluice("policy check " .. FIX .. "wrong_type.lua")
+    assert.matches('policy wrong-type (' .. FIX .. 'wrong_type.lua): task "cf-1": expected a node id (string), got number\n', err, 1, true)
+  end)
+
+  it("P1/P3: a policy that never places says what the core does with it (3 batches, then the built-in)", function()
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write("return { name = 'lazy', place = function() return {} end }\n")
+    f:close()
+    local code, out, err = sluice("policy check " .. path)
+    os.remove(path)
+    assert.are.equal(0, code, err) -- P1: leaving tasks waiting is allowed
+    assert.matches("warning: place left every task waiting in both rounds", out, 1, true)
+    -- engine/core/sched.c: SL_STARVED_BATCHES, "left every task waiting for 3 batches …"
+    assert.matches("leaves every task waiting for 3 batches in a row, the core refuses those " ..
+      "tasks (counted as refusals) and the built-in policy decides them", out, 1, true)
+    assert.is_nil(out:find("not waiting ones", 1, true), out)
+  end)
+
   it("P2: a hostile policy cannot touch the file system or run commands", function()
     os.remove("/tmp/sluice-pwned"); os.remove("/tmp/sluice-pwned2")
     local code = sluice("policy check " .. FIX .. "pwn.lua")

@@ -9,6 +9,12 @@
  * no way out. The synthetic cluster: n1..n4 Alive (zone a, a, b, b) and n5 Draining, the
  * drain target, which is never given to the policy.
  *
+ * The same trial runs before a policy goes live (sl_policy_trial, called by the registry
+ * on every load, P4), judged more narrowly: only what fails whatever the cluster (a call
+ * that errors or runs out of budget, a malformed answer, a failed drain_order), and the
+ * first problem ends it, so a looping policy costs one call budget, not three. The trial
+ * is small (20 tasks, 4 nodes, at most three calls) so a reload stays well within B7.
+ *
  * FILE itself is read here, not by the host's loader: opened without blocking (a FIFO
  * with no writer would wait forever), refused unless it is a regular file (a directory,
  * a FIFO, /dev/zero or /dev/urandom), and refused above SL_POLICY_FILE_MAX without reading
@@ -49,27 +55,49 @@ static void text_add(text_t *t, const char *fmt, ...)
         t->len = t->cap - 1;
 }
 
-static void problem(text_t *t, const sl_policy_t *p, const char *fmt, ...)
+/* One run of the trial. strict (`policy check`): every problem, node ids judged against
+ * the synthetic cluster, place compared with place_columns. Otherwise (a load, P4): only
+ * what fails whatever the cluster, and the first problem ends the trial. */
+typedef struct {
+    sl_policy_t *p;
+    int strict;
+    text_t sum, errs;
+    const char *step; /* what runs now, for the load trial's message */
+} trial_t;
+
+static int trial_over(const trial_t *t)
+{
+    return !t->strict && t->errs.problems > 0;
+}
+
+/* A problem, framed by sl_policy_message: `msg` is a report message or a decision's
+ * error (policy.h), `task` the task it is about or NULL. */
+static void problem_msg(trial_t *t, const char *task, const char *msg)
+{
+    char line[SL_ERRMSG_MAX + 128];
+    if (t->errs.problems == 8) {
+        text_add(&t->errs, "%s(more problems not shown)", t->errs.len ? "\n" : "");
+    } else if (t->errs.problems < 8) {
+        sl_policy_message(t->p, task, msg, line, sizeof line);
+        if (!t->strict) { /* one line, as a syntax error is: no traceback */
+            line[strcspn(line, "\n")] = '\0';
+            text_add(&t->errs, "%s (in the load trial: %s on the synthetic cluster of "
+                     "`sluice policy check`)", line, t->step);
+        } else {
+            text_add(&t->errs, "%s%s", t->errs.len ? "\n" : "", line);
+        }
+    }
+    t->errs.problems++;
+}
+
+static void problem(trial_t *t, const char *fmt, ...)
 {
     char msg[SL_ERRMSG_MAX];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (t->problems == 8) {
-        text_add(t, "%s(more problems not shown)", t->len ? "\n" : "");
-    } else if (t->problems < 8) {
-        text_add(t, "%spolicy %s (%s): %s", t->len ? "\n" : "", p->name, p->file, msg);
-    }
-    t->problems++;
-}
-
-/* A report message from the host already starts with "policy NAME (FILE...)". */
-static void problem_raw(text_t *t, const char *msg)
-{
-    if (t->problems < 8)
-        text_add(t, "%s%s", t->len ? "\n" : "", msg);
-    t->problems++;
+    problem_msg(t, NULL, msg);
 }
 
 static const sl_label_t zone_a = {"zone", "a"}, zone_b = {"zone", "b"};
@@ -100,61 +128,65 @@ static void make_tasks(sl_place_task_t *tasks, char (*ids)[24])
 
 /* A policy with place_columns is placed through it; its `place` must say the same.
  * `nodes` holds the column answer, copied (a second call ends the first one's strings). */
-static void compare_forms(sl_policy_t *p, const sl_place_task_t *tasks, size_t ntasks,
-                          const sl_place_ctx_t *ctx, const char *const *nodes, text_t *errs)
+static void compare_forms(trial_t *t, const sl_place_task_t *tasks, size_t ntasks,
+                          const sl_place_ctx_t *ctx, const char *const *nodes)
 {
+    sl_policy_t *p = t->p;
     sl_decision_t tbl[CHECK_TASKS];
     sl_place_report_t rep;
     memset(&rep, 0, sizeof rep);
     if (sl_policy_lua_place_tables(p, tasks, ntasks, check_nodes, CHECK_NODES, ctx, tbl,
                                    &rep) != 0) {
-        problem_raw(errs, rep.message[0] ? rep.message : "place failed");
+        problem_msg(t, NULL, rep.message[0] ? rep.message : "place failed");
         return;
     }
     if (rep.unasked > 0)
-        problem_raw(errs, rep.message);
+        problem_msg(t, NULL, rep.message);
     for (size_t i = 0; i < ntasks; i++) {
         if (tbl[i].error != NULL) { /* place itself answered badly: that fails on its own */
-            problem(errs, p, "%s", tbl[i].error);
+            problem_msg(t, tasks[i].id, tbl[i].error);
             return;
         }
-        const char *t = tbl[i].node != NULL ? tbl[i].node : "wait";
+        const char *a = tbl[i].node != NULL ? tbl[i].node : "wait";
         const char *c = nodes[i] != NULL ? nodes[i] : "wait";
-        if (strcmp(t, c) != 0) {
-            problem(errs, p, "place and place_columns disagree on task \"%s\" (%s round): "
+        if (strcmp(a, c) != 0) {
+            problem(t, "place and place_columns disagree on task \"%s\" (%s round): "
                     "place says %s, place_columns says %s", tasks[i].id,
-                    ctx->reason == SL_REASON_DRAIN ? "drain" : "basic", t, c);
+                    ctx->reason == SL_REASON_DRAIN ? "drain" : "basic", a, c);
             return;
         }
     }
 }
 
-/* Checks one place round; returns how many tasks were placed. */
-static size_t check_round(sl_policy_t *p, const sl_place_task_t *tasks, size_t ntasks,
-                          const sl_place_ctx_t *ctx, unsigned *per_node, text_t *errs)
+/* Checks one place round; returns how many tasks were placed on the synthetic nodes. */
+static size_t check_round(trial_t *t, const sl_place_task_t *tasks, size_t ntasks,
+                          const sl_place_ctx_t *ctx, unsigned *per_node)
 {
+    sl_policy_t *p = t->p;
     sl_decision_t out[CHECK_TASKS];
     sl_place_report_t rep;
     memset(&rep, 0, sizeof rep);
     if (p->ops->place(p, tasks, ntasks, check_nodes, CHECK_NODES, ctx, out, &rep) != 0) {
-        problem_raw(errs, rep.message[0] ? rep.message : "place failed");
+        problem_msg(t, NULL, rep.message[0] ? rep.message : "place failed");
         return 0;
     }
     if (rep.unasked > 0)
-        problem_raw(errs, rep.message);
+        problem_msg(t, NULL, rep.message);
     char copies[CHECK_TASKS][SL_ID_MAX];
     const char *node_of[CHECK_TASKS];
-    for (size_t i = 0; i < ntasks; i++) {
+    for (size_t i = 0; i < ntasks && !trial_over(t); i++) {
         if (out[i].error != NULL)
-            problem(errs, p, "%s", out[i].error);
+            problem_msg(t, tasks[i].id, out[i].error);
         node_of[i] = NULL;
         if (out[i].node != NULL) {
             snprintf(copies[i], sizeof copies[i], "%s", out[i].node);
             node_of[i] = copies[i];
         }
     }
-    if (sl_policy_lua_has_columns(p))
-        compare_forms(p, tasks, ntasks, ctx, node_of, errs);
+    if (trial_over(t))
+        return 0;
+    if (t->strict && sl_policy_lua_has_columns(p))
+        compare_forms(t, tasks, ntasks, ctx, node_of);
     size_t placed = 0;
     for (size_t i = 0; i < ntasks; i++) {
         if (node_of[i] == NULL)
@@ -163,11 +195,15 @@ static size_t check_round(sl_policy_t *p, const sl_place_task_t *tasks, size_t n
         while (n < CHECK_NODES && strcmp(check_nodes[n].id, node_of[i]) != 0)
             n++;
         if (n == CHECK_NODES) {
+            /* live, the core refuses these (P3); only `policy check` calls them problems:
+             * node ids belong to the cluster, not to the synthetic one */
+            if (!t->strict)
+                continue;
             if (strcmp(node_of[i], "n5") == 0)
-                problem(errs, p, "place put task \"%s\" on n5 which is Draining (%s round)",
+                problem(t, "place put task \"%s\" on n5 which is Draining (%s round)",
                         tasks[i].id, ctx->reason == SL_REASON_DRAIN ? "drain" : "basic");
             else
-                problem(errs, p, "place put task \"%s\" on unknown node \"%s\"", tasks[i].id,
+                problem(t, "place put task \"%s\" on unknown node \"%s\"", tasks[i].id,
                         node_of[i]);
             continue;
         }
@@ -177,10 +213,83 @@ static size_t check_round(sl_policy_t *p, const sl_place_task_t *tasks, size_t n
     return placed;
 }
 
+/* The trial itself: place in a drain round and a basic round, then drain_order. */
+static void run_trial(trial_t *t)
+{
+    sl_policy_t *p = t->p;
+    sl_place_task_t tasks[CHECK_TASKS];
+    char ids[CHECK_TASKS][24];
+    make_tasks(tasks, ids);
+
+    text_add(&t->sum, "policy %s (%s): contract and selftest ok\n", p->name, p->file);
+
+    /* round 1: the drain of n5 plus absent tasks, everything fits in the batch */
+    unsigned per_node[CHECK_NODES] = {0};
+    sl_place_ctx_t drain = {SL_REASON_DRAIN, "n5", CHECK_TASKS, 1700000000000ull};
+    t->step = "place, drain round of 20 tasks";
+    size_t placed = check_round(t, tasks, CHECK_TASKS, &drain, per_node);
+    if (trial_over(t))
+        return;
+    text_add(&t->sum, "  place (drain of n5, %d tasks, batch_limit %d): %zu placed:", CHECK_TASKS,
+             CHECK_TASKS, placed);
+    for (int n = 0; n < CHECK_NODES; n++)
+        text_add(&t->sum, " %s=%u", check_nodes[n].id, per_node[n]);
+    text_add(&t->sum, "\n");
+
+    /* round 2: a basic round whose batch is smaller than the candidates */
+    unsigned per_node2[CHECK_NODES] = {0};
+    sl_place_ctx_t basic = {SL_REASON_BASIC, NULL, 4, 1700000001000ull};
+    t->step = "place, basic round of 20 tasks";
+    size_t placed2 = check_round(t, tasks, CHECK_TASKS, &basic, per_node2);
+    if (trial_over(t))
+        return;
+    text_add(&t->sum, "  place (basic, %d tasks, batch_limit 4): %zu placed%s\n", CHECK_TASKS,
+             placed2, placed2 > 4 ? " (more than batch_limit: the core acts on 4)" : "");
+
+    /* P1 lets a policy leave tasks waiting, so this passes; but say plainly what the core
+     * does with such a policy (engine/core/sched.c, the starvation guard) */
+    if (placed == 0 && placed2 == 0)
+        text_add(&t->sum, "  warning: place left every task waiting in both rounds although %d "
+                          "nodes were schedulable; live, when it leaves every task waiting for "
+                          "3 batches in a row, the core refuses those tasks (counted as "
+                          "refusals) and the built-in policy decides them\n", CHECK_NODES);
+
+    if (t->strict && sl_policy_lua_has_columns(p) && t->errs.problems == 0)
+        text_add(&t->sum, "  place_columns: defined, the host calls it for every batch; place "
+                          "answers the same in both rounds\n");
+
+    if (p->ops->drain_order != NULL) {
+        sl_place_task_t moving[CHECK_TASKS];
+        size_t nmoving = 0;
+        for (size_t i = 0; i < CHECK_TASKS; i++)
+            if (tasks[i].from != NULL)
+                moving[nmoving++] = tasks[i];
+        uint32_t order[CHECK_TASKS];
+        size_t norder = 0;
+        sl_place_report_t rep;
+        memset(&rep, 0, sizeof rep);
+        t->step = "drain_order";
+        if (p->ops->drain_order(p, moving, nmoving, &drain, order, &norder, &rep) != 0)
+            problem_msg(t, NULL, rep.message[0] ? rep.message : "drain_order failed");
+        else
+            text_add(&t->sum, "  drain_order: %zu of %zu tasks ordered\n", norder, nmoving);
+    } else {
+        text_add(&t->sum, "  drain_order: not defined (the core keeps its own order)\n");
+    }
+}
+
+int sl_policy_trial(sl_policy_t *p, char *err, size_t errlen)
+{
+    trial_t t = {.p = p, .strict = 0, .errs = {err, 0, errlen, 0}};
+    if (errlen > 0)
+        err[0] = '\0';
+    run_trial(&t);
+    return t.errs.problems > 0 ? SL_EPOLICY : 0;
+}
+
 int sl_policy_check_file(const char *path, const sl_policy_limits_t *lim, char *summary,
                          size_t summarylen, char *err, size_t errlen)
 {
-    text_t sum = {summary, 0, summarylen, 0}, errs = {err, 0, errlen, 0};
     if (summarylen > 0)
         summary[0] = '\0';
     if (errlen > 0)
@@ -196,63 +305,14 @@ int sl_policy_check_file(const char *path, const sl_policy_limits_t *lim, char *
                                        sizeof msg);
         free(src);
     }
-    if (rc != 0) {
-        problem_raw(&errs, msg);
+    if (rc != 0) { /* a load error is framed already ("policy FILE:LINE: …") */
+        snprintf(err, errlen, "%s", msg);
         return rc;
     }
-
-    sl_place_task_t tasks[CHECK_TASKS];
-    char ids[CHECK_TASKS][24];
-    make_tasks(tasks, ids);
-
-    text_add(&sum, "policy %s (%s): contract and selftest ok\n", p->name, p->file);
-
-    /* round 1: the drain of n5 plus absent tasks, everything fits in the batch */
-    unsigned per_node[CHECK_NODES] = {0};
-    sl_place_ctx_t drain = {SL_REASON_DRAIN, "n5", CHECK_TASKS, 1700000000000ull};
-    size_t placed = check_round(p, tasks, CHECK_TASKS, &drain, per_node, &errs);
-    text_add(&sum, "  place (drain of n5, %d tasks, batch_limit %d): %zu placed:", CHECK_TASKS,
-             CHECK_TASKS, placed);
-    for (int n = 0; n < CHECK_NODES; n++)
-        text_add(&sum, " %s=%u", check_nodes[n].id, per_node[n]);
-    text_add(&sum, "\n");
-
-    /* round 2: a basic round whose batch is smaller than the candidates */
-    unsigned per_node2[CHECK_NODES] = {0};
-    sl_place_ctx_t basic = {SL_REASON_BASIC, NULL, 4, 1700000001000ull};
-    size_t placed2 = check_round(p, tasks, CHECK_TASKS, &basic, per_node2, &errs);
-    text_add(&sum, "  place (basic, %d tasks, batch_limit 4): %zu placed%s\n", CHECK_TASKS,
-             placed2, placed2 > 4 ? " (more than batch_limit: the core acts on 4)" : "");
-
-    /* P1 lets a policy leave tasks waiting, so this passes; but say it plainly */
-    if (placed == 0 && placed2 == 0)
-        text_add(&sum, "  warning: place left every task waiting in both rounds although 4 nodes "
-                       "were schedulable; live, this policy would place nothing (the built-in "
-                       "policy decides only refused tasks, not waiting ones)\n");
-
-    if (sl_policy_lua_has_columns(p) && errs.problems == 0)
-        text_add(&sum, "  place_columns: defined, the host calls it for every batch; place "
-                       "answers the same in both rounds\n");
-
-    if (p->ops->drain_order != NULL) {
-        sl_place_task_t moving[CHECK_TASKS];
-        size_t nmoving = 0;
-        for (size_t i = 0; i < CHECK_TASKS; i++)
-            if (tasks[i].from != NULL)
-                moving[nmoving++] = tasks[i];
-        uint32_t order[CHECK_TASKS];
-        size_t norder = 0;
-        sl_place_report_t rep;
-        memset(&rep, 0, sizeof rep);
-        if (p->ops->drain_order(p, moving, nmoving, &drain, order, &norder, &rep) != 0)
-            problem_raw(&errs, rep.message[0] ? rep.message : "drain_order failed");
-        else
-            text_add(&sum, "  drain_order: %zu of %zu tasks ordered\n", norder, nmoving);
-    } else {
-        text_add(&sum, "  drain_order: not defined (the core keeps its own order)\n");
-    }
-
-    rc = errs.problems > 0 ? SL_EPOLICY : 0;
+    trial_t t = {.p = p, .strict = 1, .sum = {summary, 0, summarylen, 0},
+                 .errs = {err, 0, errlen, 0}};
+    run_trial(&t);
+    rc = t.errs.problems > 0 ? SL_EPOLICY : 0;
     sl_policy_free(p);
     return rc;
 }

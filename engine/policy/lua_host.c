@@ -22,7 +22,10 @@
  *    per task and an id-keyed answer cost ~1 µs per task, ten times the C policy.
  *  - drain_order: the answer must be an array of distinct task ids of the batch; any
  *    other entry fails the call (SL_EPOLICY) and the core keeps its default order.
- *  - every message names the policy, its file, and the line when Lua gives one.
+ *  - a load error names the file and the line when Lua gives one ("policy FILE:LINE: …");
+ *    a call's report message carries the file and line ("FILE:LINE: …") but not the
+ *    policy's name, and a per-task error names neither policy nor task: the caller adds
+ *    that frame once (the core's refusals; sl_policy_message for everyone else).
  */
 #include <errno.h>
 #include <lauxlib.h>
@@ -311,11 +314,13 @@ static int link_long_ids(lua_State *L, int ids, lua_policy_t *lp,
     return 0;
 }
 
-/* Turns a Lua message "src:LINE: text" into "policy <name> (<file>:LINE): text", or
- * "policy <name> (<file>): text" when it carries no position. Before the policy has a
- * name (name NULL, while loading): "policy <file>:LINE: text" / "policy <file>: text". */
-static void format_error(char *dst, size_t dstlen, const char *name, const char *file,
-                         const char *msg)
+/* Two forms. While loading (load != 0; the policy has no name yet), a message for the
+ * caller's last_error: a Lua message "src:LINE: text" becomes "policy <file>:LINE: text",
+ * one without a position "policy <file>: text". For a call (load == 0), a report message
+ * (policy.h): "<file>:LINE: text" or "text", not naming the policy — whoever shows it
+ * does, once (the core's refusals, sl_policy_message). Lua's own "src" is short_src,
+ * which cuts long paths; the file is always written whole. */
+static void format_error(char *dst, size_t dstlen, int load, const char *file, const char *msg)
 {
     const char *p = msg;
     const char *nl = strchr(msg, '\n');
@@ -330,22 +335,16 @@ static void format_error(char *dst, size_t dstlen, const char *name, const char 
             q++;
             if (*q == ' ')
                 q++;
-            if (name != NULL)
-                snprintf(dst, dstlen, "policy %s (%s:%ld): %s", name, file, line, q);
-            else
-                snprintf(dst, dstlen, "policy %s:%ld: %s", file, line, q);
+            snprintf(dst, dstlen, "%s%s:%ld: %s", load ? "policy " : "", file, line, q);
             return;
         }
     }
-    if (name != NULL)
-        snprintf(dst, dstlen, "policy %s (%s): %s", name, file, msg);
-    else
-        snprintf(dst, dstlen, "policy %s: %s", file, msg);
+    snprintf(dst, dstlen, "%s%s%s%s", load ? "policy " : "", load ? file : "", load ? ": " : "",
+             msg);
 }
 
 /* The message of a failed lua_pcall, and pops it. */
-static void pcall_message(lua_policy_t *lp, int status, char *dst, size_t dstlen,
-                          const char *name)
+static void pcall_message(lua_policy_t *lp, int status, char *dst, size_t dstlen, int load)
 {
     lua_State *L = lp->sb.L;
     const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
@@ -356,7 +355,7 @@ static void pcall_message(lua_policy_t *lp, int status, char *dst, size_t dstlen
     } else if (msg == NULL) {
         msg = "unknown error";
     }
-    format_error(dst, dstlen, name, lp->base.file, msg);
+    format_error(dst, dstlen, load, lp->base.file, msg);
     lua_pop(L, 1);
 }
 
@@ -516,8 +515,7 @@ static void note_unasked(call_t *c, const char *what)
         char msg[SL_ERRMSG_MAX];
         snprintf(msg, sizeof msg, "%s answered %s, which was not asked for",
                  c->fn != NULL ? c->fn : "place", what);
-        format_error(c->report->message, sizeof c->report->message, c->lp->base.name,
-                     c->lp->base.file, msg);
+        format_error(c->report->message, sizeof c->report->message, 0, c->lp->base.file, msg);
     }
 }
 
@@ -525,7 +523,8 @@ static void decide(call_t *c, size_t i, lua_State *L)
 {
     lua_policy_t *lp = c->lp;
     int vt = lua_type(L, -1);
-    char id[SL_ID_MAX + 8];
+    char msg[96];
+    /* the message names neither the policy nor the task: the caller does (policy.h) */
     if (vt == LUA_TSTRING) {
         size_t len;
         const char *s = lua_tolstring(L, -1, &len);
@@ -533,17 +532,11 @@ static void decide(call_t *c, size_t i, lua_State *L)
             c->out[i].node = s; /* the answer table, anchored, keeps it */
             return;
         }
-        quote_id(id, sizeof id, c->tasks[i].id, strlen(c->tasks[i].id));
-        char msg[SL_ERRMSG_MAX];
-        snprintf(msg, sizeof msg, "task \"%s\": node id of %zu bytes is not a node id", id, len);
-        c->out[i].error = arena_copy(lp, msg, strlen(msg));
+        snprintf(msg, sizeof msg, "node id of %zu bytes is not a node id", len);
     } else {
-        char msg[SL_ERRMSG_MAX];
-        quote_id(id, sizeof id, c->tasks[i].id, strlen(c->tasks[i].id));
-        snprintf(msg, sizeof msg, "task \"%s\": expected a node id (string), got %s", id,
-                 lua_typename(L, vt));
-        c->out[i].error = arena_copy(lp, msg, strlen(msg));
+        snprintf(msg, sizeof msg, "expected a node id (string), got %s", lua_typename(L, vt));
     }
+    c->out[i].error = arena_copy(lp, msg, strlen(msg));
     if (c->out[i].error == NULL)
         c->oom = 1;
 }
@@ -831,7 +824,6 @@ static int lua_place(sl_policy_t *p, const sl_place_task_t *tasks, size_t ntasks
                      sl_decision_t *out, sl_place_report_t *report)
 {
     lua_policy_t *lp = (lua_policy_t *)p;
-    const char *prefix = p->name;
     report->unasked = 0;
     report->message[0] = '\0';
     for (size_t i = 0; i < ntasks; i++) {
@@ -840,12 +832,12 @@ static int lua_place(sl_policy_t *p, const sl_place_task_t *tasks, size_t ntasks
     }
     arena_reset(lp);
     if (ntasks > UINT32_MAX - 1) {
-        format_error(report->message, sizeof report->message, prefix, p->file,
+        format_error(report->message, sizeof report->message, 0, p->file,
                      "batch too large");
         return SL_EPOLICY;
     }
     if (reserve_ids(lp, ntasks) != 0) {
-        format_error(report->message, sizeof report->message, prefix, p->file,
+        format_error(report->message, sizeof report->message, 0, p->file,
                      "out of memory indexing the batch");
         return SL_EPOLICY;
     }
@@ -853,16 +845,16 @@ static int lua_place(sl_policy_t *p, const sl_place_task_t *tasks, size_t ntasks
                 .ctx = ctx, .out = out, .report = report};
     int status = host_run(lp, place_protected, &c);
     if (status != LUA_OK) {
-        pcall_message(lp, status, report->message, sizeof report->message, prefix);
+        pcall_message(lp, status, report->message, sizeof report->message, 0);
         goto fail;
     }
     lua_settop(lp->sb.L, 0);
     if (c.err[0] != '\0') {
-        format_error(report->message, sizeof report->message, prefix, p->file, c.err);
+        format_error(report->message, sizeof report->message, 0, p->file, c.err);
         goto fail;
     }
     if (c.oom) {
-        format_error(report->message, sizeof report->message, prefix, p->file,
+        format_error(report->message, sizeof report->message, 0, p->file,
                      "out of memory copying the decisions");
         goto fail;
     }
@@ -963,12 +955,11 @@ static int lua_drain_order(sl_policy_t *p, const sl_place_task_t *tasks, size_t 
                            sl_place_report_t *report)
 {
     lua_policy_t *lp = (lua_policy_t *)p;
-    const char *prefix = p->name;
     report->unasked = 0;
     report->message[0] = '\0';
     *norder = 0;
     if (ntasks > UINT32_MAX - 1 || index_tasks(lp, tasks, ntasks) != 0) {
-        format_error(report->message, sizeof report->message, prefix, p->file,
+        format_error(report->message, sizeof report->message, 0, p->file,
                      "out of memory indexing the batch");
         return SL_EPOLICY;
     }
@@ -976,12 +967,12 @@ static int lua_drain_order(sl_policy_t *p, const sl_place_task_t *tasks, size_t 
                 .norder = norder, .report = report};
     int status = host_run(lp, drain_protected, &c);
     if (status != LUA_OK) {
-        pcall_message(lp, status, report->message, sizeof report->message, prefix);
+        pcall_message(lp, status, report->message, sizeof report->message, 0);
         goto fail;
     }
     lua_settop(lp->sb.L, 0);
     if (c.err[0] != '\0') {
-        format_error(report->message, sizeof report->message, prefix, p->file, c.err);
+        format_error(report->message, sizeof report->message, 0, p->file, c.err);
         goto fail;
     }
     return 0;
@@ -1186,13 +1177,13 @@ static int host_load(const char *src, size_t len, const char *chunkname, const c
     int status = lua_pcall(L, 1, 0, 1);
     sl_policy_sandbox_disarm(&lp->sb);
     if (status != LUA_OK) {
-        pcall_message(lp, status, err, errlen, NULL);
+        pcall_message(lp, status, err, errlen, 1);
         rc = SL_EPOLICY;
         goto fail;
     }
     lua_settop(L, 0);
     if (ld.err[0] != '\0') {
-        format_error(err, errlen, NULL, file, ld.err);
+        format_error(err, errlen, 1, file, ld.err);
         rc = SL_EPOLICY;
         goto fail;
     }

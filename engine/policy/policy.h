@@ -50,14 +50,18 @@ typedef struct {
 /* One answer per task of the batch. `node` NULL and `error` NULL: the policy left the
  * task out; it waits for a later batch. `error` non-NULL: the policy's answer for this
  * task was malformed (wrong type, …); the core refuses it and the built-in policy decides.
- * Strings stay valid until the next call on the same policy. The core itself checks that
- * `node` names a known, schedulable node. */
+ * `error` names neither the policy nor the task ("expected a node id (string), got
+ * number"): whoever shows it adds both, once. Strings stay valid until the next call on
+ * the same policy. The core itself checks that `node` names a known, schedulable node. */
 typedef struct {
     const char *node;
     const char *error;
 } sl_decision_t;
 
-/* What went wrong beyond single decisions. */
+/* What went wrong beyond single decisions. `message` does not name the policy: it is
+ * "FILE:LINE: what" when Lua gave a position (FILE is the policy's whole `file`), else
+ * "what". Whoever shows it names the policy once: the core frames each refusal as
+ * "policy NAME (FILE): …"; sl_policy_message() gives "policy NAME (FILE:LINE): what". */
 typedef struct {
     unsigned unasked;             /* answers for tasks that were not in the batch (refused) */
     char message[SL_ERRMSG_MAX];  /* why the whole call failed, or the first unasked task */
@@ -116,6 +120,12 @@ int sl_policy_lua_load_string(const char *source, size_t len, const char *chunkn
 
 void sl_policy_free(sl_policy_t *p);
 
+/* A report message (or a decision's error, with `task` set) framed for people, naming the
+ * policy once: "policy NAME (FILE:LINE): what", "policy NAME (FILE): task \"ID\": what".
+ * `task` NULL: none. */
+void sl_policy_message(const sl_policy_t *p, const char *task, const char *msg, char *dst,
+                       size_t dstlen);
+
 /* A Lua policy may define `place_columns(batch, nodes, ctx)` next to `place`: the same
  * batch as one array per field (only the fields named in its `columns`), answered by
  * position. The host then calls it for every batch instead of `place` (B1: no table per
@@ -135,5 +145,18 @@ int sl_policy_lua_place_tables(sl_policy_t *p, const sl_place_task_t *tasks, siz
  * names the file, and the line when Lua gives one). */
 int sl_policy_check_file(const char *path, const sl_policy_limits_t *lim, char *summary,
                          size_t summarylen, char *err, size_t errlen);
+
+/* The trial of `policy check` on a policy already loaded, before it goes live (P4; the
+ * registry runs it on every load and reload): the same synthetic cluster and calls
+ * (place for a drain round and a basic round, drain_order when defined), each under the
+ * policy's call budget, stopping at the first problem. A problem is what would fail live
+ * whatever the cluster: a call that errors, runs out of its budget or memory, or answers
+ * with something that is not a table; a malformed value for a task; an answer for a task
+ * that was not asked for; a drain_order that fails. Node ids are not judged (the core
+ * judges them against the live cluster, P3), nor `place` against `place_columns` (live,
+ * only place_columns runs). The calls run on `p`'s own state: a policy that keeps state
+ * between calls sees them. Returns 0, or SL_EPOLICY with one line in err: "policy NAME
+ * (FILE:LINE): what (in the load trial, …)". */
+int sl_policy_trial(sl_policy_t *p, char *err, size_t errlen);
 
 #endif

@@ -1,9 +1,11 @@
 /* registry.c — the live policy, hot-reloaded from its file (P4, B7; see registry.h).
  *
  * Guarantees:
- *  - a policy goes live only after the Lua host built it in a fresh state and its
- *    contract and selftest passed; otherwise the old one stays and last_error names the
- *    file and line, prefixed "using previous policy:" (or "using the built-in policy:");
+ *  - a policy goes live only after the Lua host built it in a fresh state, its contract
+ *    and selftest passed, and it came through the trial `sluice policy check` runs
+ *    (sl_policy_trial: place on a synthetic cluster, drain_order, each under the call
+ *    budget); otherwise the old one stays and last_error names the file and line,
+ *    prefixed "using previous policy:" (or "using the built-in policy:");
  *  - the bytes checked are the bytes loaded: the file is read once, hashed, and handed to
  *    sl_policy_lua_load_string under its path, so messages read as sl_policy_lua_load's;
  *  - watching: the directory (not the file) is watched, so a rename over the file is an
@@ -170,6 +172,12 @@ static int attempt(sl_policy_registry_t *r, sl_reload_trigger_t trigger, int onl
     if (rc == 0)
         rc = sl_policy_lua_load_string(buf, len, r->path, &r->lim, &next, msg, sizeof msg);
     free(buf);
+    /* the trial of `policy check`: a policy that errors, loops past its budget or answers
+     * malformed there is refused like a syntax error, before the core ever calls it */
+    if (rc == 0 && (rc = sl_policy_trial(next, msg, sizeof msg)) != 0) {
+        sl_policy_free(next);
+        next = NULL;
+    }
     if (rc != 0) {
         snprintf(r->last_error, sizeof r->last_error, "%s: %s",
                  r->policy ? "using previous policy" : "using the built-in policy", msg);
@@ -252,7 +260,8 @@ static void on_debounce(uv_timer_t *t)
 }
 
 /* Trailing debounce, capped so a steady stream of events cannot postpone the reload
- * forever (B7 stays bounded). */
+ * forever (B7 stays bounded). The poll only starts one: when an event has a reload due
+ * already, the poll seeing the same change must not push it back. */
 static void schedule(sl_policy_registry_t *r)
 {
     uint64_t now = uv_now(r->loop);
@@ -312,7 +321,7 @@ static void on_poll(uv_timer_t *t)
         }
     } else if (!r->event_active || st.st_dev != r->dir_dev || st.st_ino != r->dir_ino) {
         /* a new directory under the same name: what it holds may be new too */
-        if (arm_event(r) == 0)
+        if (arm_event(r) == 0 && !r->pending)
             schedule(r);
     }
     int seen = stat(r->path, &st) == 0;
@@ -320,7 +329,7 @@ static void on_poll(uv_timer_t *t)
         (seen && (st.st_size != r->file_size || st.st_ino != r->file_ino ||
                   st.st_mtim.tv_sec != r->file_mtime.tv_sec ||
                   st.st_mtim.tv_nsec != r->file_mtime.tv_nsec))) {
-        if (r->file_seen || seen)
+        if ((r->file_seen || seen) && !r->pending)
             schedule(r); /* the content hash decides whether anything reloads */
         r->file_seen = seen;
         if (seen) {

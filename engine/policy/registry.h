@@ -1,9 +1,13 @@
 /* registry.h — the live placement policy of a coordinator, hot-reloaded (P4, B7).
  *
  * A registry owns the policy a core uses. It loads `<dir>/<file>` through the Lua host
- * (sl_policy_lua_load: a fresh sandboxed state, contract checked, selftest run) and swaps
- * the new policy in only when all of that succeeded; on any failure the old policy stays
- * live and `last_error` says why, with file and line ("using previous policy: …").
+ * (sl_policy_lua_load: a fresh sandboxed state, contract checked, selftest run), puts it
+ * through the trial of `sluice policy check` (sl_policy_trial: a few calls on a synthetic
+ * cluster; an error, a blown budget or a malformed answer fails it) and swaps the new
+ * policy in only when all of that succeeded; on any failure the old policy stays live and
+ * `last_error` says why, with file and line ("using previous policy: …"). The trial runs
+ * on the loop's thread: a policy that loops costs one call budget (50 ms by default) once
+ * per attempt, not once per scheduling round.
  * Every swap increments `version`.
  *
  * Reloads come from three places: sl_policy_registry_reload() (POST /api/v2/policies/

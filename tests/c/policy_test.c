@@ -77,8 +77,17 @@ static void test_fixture(const char *name)
     sl_place_ctx_t ctx = {SL_REASON_DRAIN, "n5", 8, 0};
     for (int round = 0; round < 3; round++) {
         rc = p->ops->place(p, tasks, 8, nodes, 4, &ctx, out, &rep);
-        if (rc != 0)
-            TAP_CHECK(strstr(rep.message, name) != NULL, "place failure names the file");
+        if (rc != 0) {
+            /* the report names no policy (policy.h); framed, it names policy and file once */
+            char framed[SL_ERRMSG_MAX + 256], head[SL_ID_MAX + 16];
+            sl_policy_message(p, NULL, rep.message, framed, sizeof framed);
+            snprintf(head, sizeof head, "policy %s (", p->name);
+            const char *first = strstr(framed, head);
+            TAP_CHECK(first == framed && strstr(framed, name) != NULL &&
+                          strstr(first + 1, head) == NULL &&
+                          strncmp(rep.message, "policy ", 7) != 0,
+                      "P3: a place failure, framed, names the policy and file once");
+        }
     }
     if (p->ops->drain_order != NULL) {
         uint32_t order[8];
@@ -104,10 +113,36 @@ static void test_string_load(void)
               "P2: a cap too small for the sandbox fails cleanly");
 }
 
+/* P3: the one frame a policy's messages are shown in */
+static void test_message(void)
+{
+    sl_policy_t p = {.ops = NULL};
+    snprintf(p.name, sizeof p.name, "looper");
+    snprintf(p.file, sizeof p.file, "/srv/p/least_loaded.lua");
+    char out[SL_ERRMSG_MAX + 256];
+    sl_policy_message(&p, NULL, "/srv/p/least_loaded.lua:5: place exceeded its budget of 50 ms",
+                      out, sizeof out);
+    TAP_CHECK(!strcmp(out, "policy looper (/srv/p/least_loaded.lua:5): place exceeded its "
+                           "budget of 50 ms"),
+              "P3: sl_policy_message puts the line into the frame");
+    sl_policy_message(&p, NULL, "place returned number, expected a table", out, sizeof out);
+    TAP_CHECK(!strcmp(out, "policy looper (/srv/p/least_loaded.lua): place returned number, "
+                           "expected a table"),
+              "P3: sl_policy_message without a position");
+    sl_policy_message(&p, "cf-1", "expected a node id (string), got number", out, sizeof out);
+    TAP_CHECK(!strcmp(out, "policy looper (/srv/p/least_loaded.lua): task \"cf-1\": expected a "
+                           "node id (string), got number"),
+              "P3: sl_policy_message names the task");
+    sl_policy_message(&p, NULL, "/srv/p/other.lua:5: x", out, sizeof out);
+    TAP_CHECK(!strcmp(out, "policy looper (/srv/p/least_loaded.lua): /srv/p/other.lua:5: x"),
+              "P3: sl_policy_message leaves a position in another file in the message");
+}
+
 int main(void)
 {
     test_builtin();
     test_string_load();
+    test_message();
     DIR *d = opendir(FIXTURES);
     TAP_CHECK(d != NULL, "fixtures directory");
     if (d != NULL) {

@@ -109,6 +109,24 @@ static void run_for(double ms)
     }
 }
 
+static int count_of(const char *s, const char *sub)
+{
+    int n = 0;
+    for (const char *at = strstr(s, sub); at != NULL; at = strstr(at + 1, sub))
+        n++;
+    return n;
+}
+
+/* Passes its load and its selftest; loops forever in place (QA: accepted by reload). */
+static const char LOOPER[] = "-- loops\n"
+                             "return {\n"
+                             "  name = 'looper',\n"
+                             "  place = function(tasks, nodes, ctx)\n"
+                             "    while true do end\n"
+                             "  end,\n"
+                             "  selftest = function() return true end,\n"
+                             "}\n";
+
 static int want_swaps, want_fails;
 static int swaps_reached(void) { return swaps >= want_swaps; }
 static int fails_reached(void) { return fails >= want_fails; }
@@ -152,6 +170,21 @@ int main(void)
     TAP_CHECK(strstr(info.last_error, "using the built-in policy") != NULL &&
                   strstr(info.last_error, "policy.lua:3:") != NULL,
               "P4: last_error names file and line");
+    printf("# last_error: %s\n", info.last_error);
+    sl_policy_registry_close(r);
+
+    /* a first load whose place loops: the trial refuses it, the built-in policy stays */
+    write_file(path, LOOPER);
+    swaps = fails = 0;
+    rc = sl_policy_registry_open(dir, "policy.lua", NULL, &hooks, &r, err, sizeof err);
+    sl_policy_registry_info(r, &info);
+    TAP_CHECK(rc == 0 && sl_policy_registry_policy(r) == NULL && info.version == 0 &&
+                  swaps == 0 && fails == 1 && !strcmp(info.name, "builtin"),
+              "P4: a first policy whose place loops is refused at start (the trial of "
+              "`policy check`); the built-in one stays");
+    TAP_CHECK(strstr(info.last_error, "using the built-in policy: policy looper (") != NULL &&
+                  strstr(info.last_error, "policy.lua:5): place exceeded its budget") != NULL,
+              "P4: ... and last_error names file:line and the budget");
     printf("# last_error: %s\n", info.last_error);
     sl_policy_registry_close(r);
 
@@ -208,6 +241,98 @@ int main(void)
     sl_policy_registry_info(r, &info);
     TAP_CHECK(ok && info.version == 3 && strstr(info.last_error, "selftest") != NULL,
               "P4: a failing selftest keeps the previous policy");
+
+    /* QA: a policy whose place loops forever loaded (version grew, last_error empty) and
+     * then stalled the loop on every call. The trial refuses it like a syntax error. */
+    want_fails = fails + 1;
+    before = swaps;
+    write_file(path, LOOPER);
+    ok = run_until(fails_reached, 3000);
+    sl_policy_registry_info(r, &info);
+    TAP_CHECK(ok && swaps == before && info.version == 3 && !strcmp(info.name, "second") &&
+                  sl_policy_registry_policy(r) != NULL,
+              "P4/P2: a saved policy whose place loops is refused; the previous one stays live");
+    TAP_CHECK(strstr(info.last_error, "using previous policy: policy looper (") != NULL &&
+                  strstr(info.last_error, "policy.lua:5): place exceeded its budget of 50 ms") !=
+                      NULL,
+              "P4: last_error says 'using previous policy' with file:line and the budget");
+    TAP_CHECK(count_of(info.last_error, "policy looper") == 1 &&
+                  strchr(info.last_error, '\n') == NULL,
+              "P4: ... naming the policy once, on one line");
+    printf("# last_error: %s\n", info.last_error);
+    rc = sl_policy_registry_reload(r, err, sizeof err);
+    sl_policy_registry_info(r, &info);
+    TAP_CHECK(rc == SL_EPOLICY && info.version == 3 && strstr(err, "exceeded its budget") != NULL,
+              "P4: reload() of the looping policy fails the same way (the API's 422)");
+
+    /* what else fails the trial whatever the cluster */
+    static const struct {
+        const char *src, *want, *what;
+    } refused[] = {
+        {"return { name = 'raiser',\n  place = function(tasks, nodes, ctx)\n"
+         "    return { [tasks[1].id] = nodes[1].rack.id }\n  end }\n",
+         "policy.lua:3): attempt to index", "P4: a place that raises in the trial is refused"},
+        {"return { name = 'numeric', place = function() return 42 end }\n",
+         "place returned number, expected a table",
+         "P4: a place that returns a number is refused"},
+        {"return { name = 'typo', place = function(tasks)\n  local o = {}\n"
+         "  for _, t in ipairs(tasks) do o[t.id] = 7 end\n  return o\nend }\n",
+         "task \"cf-1\": expected a node id (string), got number",
+         "P4/P3: a malformed value for a task is refused"},
+        {"return { name = 'ghostly', place = function() return { ghost = 'n1' } end }\n",
+         "answered for task \"ghost\", which was not asked for",
+         "P4/P3: an answer for a task not asked for is refused"},
+        {"return { name = 'order', place = function() return {} end,\n"
+         "  drain_order = function() return { 'nope' } end }\n",
+         "drain_order returned \"nope\"", "P4: a drain_order that fails in the trial is refused"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        write_file(path, refused[i].src);
+        rc = sl_policy_registry_reload(r, err, sizeof err);
+        sl_policy_registry_info(r, &info);
+        TAP_CHECK(rc == SL_EPOLICY && info.version == 3 && !strcmp(info.name, "second") &&
+                      strstr(info.last_error, "using previous policy: policy ") != NULL &&
+                      strstr(info.last_error, refused[i].want) != NULL,
+                  refused[i].what);
+        if (rc != SL_EPOLICY || strstr(info.last_error, refused[i].want) == NULL)
+            printf("# got rc %d, last_error: %s\n", rc, info.last_error);
+    }
+
+    /* what the trial does not refuse: node ids (the core judges them live, P3), a policy
+     * that leaves every task waiting (P1), one that is slow but within its budget */
+    static const struct {
+        const char *src, *name, *what;
+    } accepted[] = {
+        {"return { name = 'to-nowhere', place = function(tasks)\n  local o = {}\n"
+         "  for _, t in ipairs(tasks) do o[t.id] = 'n9' end\n  return o\nend }\n",
+         "to-nowhere", "P4/P3: a policy naming nodes the trial lacks loads (the core checks live)"},
+        {"return { name = 'lazy', place = function() return {} end }\n", "lazy",
+         "P4/P1: a policy that leaves every task waiting loads"},
+        {"return { name = 'slow', place = function(tasks, nodes)\n"
+         "  local t0 = os.clock()\n  while os.clock() - t0 < 0.003 do end\n"
+         "  local o = {}\n"
+         "  for i, t in ipairs(tasks) do o[t.id] = nodes[(i - 1) % #nodes + 1].id end\n"
+         "  return o\nend,\n  drain_order = function(tasks)\n"
+         "  local t0 = os.clock()\n  while os.clock() - t0 < 0.003 do end\n  return {}\nend }\n",
+         "slow", "P4/P2: a policy that is slow but within its budget loads"},
+    };
+    for (size_t i = 0; i < sizeof accepted / sizeof accepted[0]; i++) {
+        write_file(path, accepted[i].src);
+        uint64_t v = info.version;
+        rc = sl_policy_registry_reload(r, err, sizeof err);
+        sl_policy_registry_info(r, &info);
+        TAP_CHECK(rc == 1 && info.version == v + 1 && !strcmp(info.name, accepted[i].name) &&
+                      info.last_error[0] == '\0',
+                  accepted[i].what);
+        if (rc != 1)
+            printf("# got rc %d, err: %s\n", rc, err);
+    }
+    /* back to a sound policy by a watched save, for what follows */
+    want_swaps = swaps + 1;
+    write_file(path, policy_src("second"));
+    ok = run_until(swaps_reached, 3000);
+    TAP_CHECK(ok, "P4: a sound save after refused ones goes live");
+    run_for(250); /* the debounce of the saves above has passed */
 
     /* an editor's rename-over save */
     for (int i = 0; i < 5; i++) {
@@ -286,6 +411,32 @@ int main(void)
                   strstr(err, "using previous policy") != NULL,
               "P4: reload() of a broken file returns the error and keeps the policy");
     printf("# reload error: %s\n", err);
+
+    /* the cost of a reload (read, fresh state, contract, selftest, trial, swap), printed
+     * for B7, not asserted */
+    {
+        write_file(path, policy_src("timed"));
+        double t_sum = 0, t_max = 0;
+        int n = 0;
+        for (int i = 0; i < 20; i++) {
+            double t1 = mono_ms();
+            rc = sl_policy_registry_reload(r, err, sizeof err);
+            double d = mono_ms() - t1;
+            if (rc != 1)
+                break;
+            t_sum += d;
+            t_max = d > t_max ? d : t_max;
+            n++;
+        }
+        if (n > 0)
+            printf("# reload() of a sound policy: mean %.2f ms, max %.2f ms over %d\n",
+                   t_sum / n, t_max, n);
+        write_file(path, LOOPER);
+        double t1 = mono_ms();
+        rc = sl_policy_registry_reload(r, err, sizeof err);
+        printf("# reload() of a looping policy, refused: %.1f ms (one call budget)\n",
+               mono_ms() - t1);
+    }
 
     double sum = 0, max = 0;
     for (int i = 0; i < nlat; i++) {
