@@ -2,6 +2,16 @@
  *
  *   sluice status [--server A] [--token T | --token-file F] [--data DIR]
  *
+ * Its numbers must add up for an operator. The node table counts the dispatchers running
+ * on each node as their maintainers last reported (A2), and IN-FLIGHT the coordinator's
+ * own operators toward it, which move maintainers. A dispatcher that its maintainer is
+ * moving (D6) runs on no node until it arrives, so mid-drain the target's row holds fewer
+ * dispatchers than the drain has left, and the column total dips. So the drain is read
+ * between two reads of the node list that agree (one moment), and the target's row and the
+ * total say how many dispatchers are on their way off it (the drain's remaining count
+ * minus those still running there). While a restarted coordinator bootstraps (D4), the
+ * drain it restored is not known yet: status says so, not "none running".
+ *
  * Also home of the client flags the client commands share (repl, drain, status) and of
  * how they find the server (SPEC §4, client.h). */
 #include <stdio.h>
@@ -141,6 +151,61 @@ void sl_cmd_drain_line(json_t *s, char *out, size_t outlen)
     }
 }
 
+/* GET /api/v2/captures, with the drain of the node being drained (D11) when there is
+ * one, both of one moment: the drain is read between two answers of the node list that
+ * agree (a maintainer's report between them changes both; a few tries at most). Returns
+ * 0 with *caps (free it) and, when *have_drain, *drain; *drain_not_ready when the drain
+ * answered 503 NOT_READY (D4); -1 said on stderr when the node list cannot be read. */
+static int snapshot(sl_client_t *c, sl_client_response_t *caps, sl_client_response_t *drain,
+                    int *have_drain, int *drain_not_ready, char *target, size_t targetlen)
+{
+    *have_drain = *drain_not_ready = 0;
+    target[0] = '\0';
+    if (sl_cmd_get_json(c, "GET", "/api/v2/captures", NULL, caps) != 0)
+        return -1;
+    for (int attempt = 0;; attempt++) {
+        size_t i;
+        json_t *n;
+        target[0] = '\0';
+        json_array_foreach(json_object_get(caps->json, "items"), i, n) {
+            if (!strcmp(jstr(n, "liveness", ""), "draining"))
+                snprintf(target, targetlen, "%s", jstr(n, "id", ""));
+        }
+        if (!target[0])
+            return 0;
+        char path[512], esc[200], err[1400];
+        sl_client_escape(target, esc, sizeof esc);
+        snprintf(path, sizeof path, "/api/v2/captures/%s/drain", esc);
+        if (sl_client_request(c, "GET", path, NULL, drain, err, sizeof err) != 0) {
+            fprintf(stderr, "sluice: %s\n", err);
+            return 0;
+        }
+        if (drain->status == 503 && !strcmp(jstr(drain->json, "error_code", ""), "NOT_READY")) {
+            sl_client_response_free(drain);
+            *drain_not_ready = 1;
+            return 0;
+        }
+        if (drain->status != 200 || drain->json == NULL) {
+            char text[1024];
+            sl_client_error_text(drain, text, sizeof text);
+            fprintf(stderr, "sluice: %s\n", text);
+            sl_client_response_free(drain);
+            return 0;
+        }
+        *have_drain = 1;
+        sl_client_response_t again;
+        if (attempt >= 3 || sl_cmd_get_json(c, "GET", "/api/v2/captures", NULL, &again) != 0)
+            return 0; /* the last answers are as good as any */
+        int same = json_equal(json_object_get(caps->json, "items"), json_object_get(again.json, "items"));
+        sl_client_response_free(caps);
+        *caps = again;
+        if (same)
+            return 0;
+        sl_client_response_free(drain);
+        *have_drain = 0;
+    }
+}
+
 int sl_cmd_status(int argc, char **argv)
 {
     sl_cmd_client_opts_t o = {0};
@@ -161,65 +226,92 @@ int sl_cmd_status(int argc, char **argv)
     sl_client_t c;
     if (sl_cmd_client_open(&o, &c) != 0)
         return 1;
-    sl_client_response_t res;
-    if (sl_cmd_get_json(&c, "GET", "/api/v2/captures", NULL, &res) != 0) {
+    sl_client_response_t res, drain;
+    int have_drain, drain_not_ready;
+    char target[256];
+    if (snapshot(&c, &res, &drain, &have_drain, &drain_not_ready, target, sizeof target) != 0) {
         sl_client_close(&c);
         return 1;
     }
+    /* the target's dispatchers on their way off it: left to move, minus running there */
+    long long target_running = 0, moving = 0;
     json_t *items = json_object_get(res.json, "items");
-    printf("%-20s %-9s %11s %11s %9s  %-11s %s\n", "NODE", "LIVENESS", "MAINTAINERS", "DISPATCHERS",
-           "IN-FLIGHT", "COORDINATOR", "NOTE");
-    const char *target = NULL;
-    char target_buf[256] = "";
     size_t i;
     json_t *n;
+    json_array_foreach(items, i, n) {
+        if (target[0] && !strcmp(jstr(n, "id", ""), target))
+            target_running = jint(n, "dispatcher_count");
+    }
+    long long left = have_drain ? jint(drain.json, "remaining_dispatcher_count") : 0;
+    if (have_drain && left > target_running)
+        moving = left - target_running;
+    printf("%-20s %-9s %11s %11s %9s  %-11s %s\n", "NODE", "LIVENESS", "MAINTAINERS", "DISPATCHERS",
+           "IN-FLIGHT", "COORDINATOR", "NOTE");
     long long tm = 0, td = 0;
     char stopping[512] = "";
     json_array_foreach(items, i, n) {
         const char *id = jstr(n, "id", "?");
         const char *liveness = jstr(n, "liveness", "?");
+        char note[256] = "";
+        if (json_is_true(json_object_get(n, "leaving")))
+            snprintf(note, sizeof note, "shutting down");
+        if (have_drain && !strcmp(id, target)) {
+            size_t k = strlen(note);
+            snprintf(note + k, sizeof note - k, "%s%lld dispatchers left to move off: %lld running "
+                     "here + %lld on their way", k ? "; " : "", left, target_running, moving);
+        }
         printf("%-20s %-9s %11lld %11lld %9lld  %-11s %s\n", id, liveness, jint(n, "maintainer_count"),
                jint(n, "dispatcher_count"), jint(n, "inflight"),
-               json_is_true(json_object_get(n, "is_coordinator")) ? "*" : "",
-               json_is_true(json_object_get(n, "leaving")) ? "shutting down" : "");
+               json_is_true(json_object_get(n, "is_coordinator")) ? "*" : "", note);
         tm += jint(n, "maintainer_count");
         td += jint(n, "dispatcher_count");
         if (!strcmp(liveness, "stopping") && strlen(stopping) + strlen(id) + 3 < sizeof stopping) {
             strcat(stopping, stopping[0] ? ", " : "");
             strcat(stopping, id);
         }
-        if (!strcmp(liveness, "draining")) {
-            snprintf(target_buf, sizeof target_buf, "%s", id);
-            target = target_buf;
-        }
     }
-    printf("%zu nodes, %lld maintainers, %lld dispatchers\n", json_array_size(items), tm, td);
-    if (json_is_true(json_object_get(res.json, "bootstrapping")))
-        printf("coordinator: bootstrapping after a restart — nodes are reporting back, the counts "
-               "above may be partial and drains wait\n");
+    /* a dispatcher on its way runs on no row; the drain knows how many of the target's
+     * are on their way off it, and the total counts them once */
+    char on_way[300] = "";
+    if (moving)
+        snprintf(on_way, sizeof on_way, " (%lld of them on their way off %s)", moving, target);
+    printf("%zu nodes, %lld maintainers, %lld dispatchers%s\n", json_array_size(items), tm,
+           td + moving, on_way);
+    if (target[0])
+        printf("  DISPATCHERS: running on the node, as their maintainers last reported; a\n"
+               "  dispatcher that its maintainer is moving (D6) is on no row until it runs again.\n"
+               "  IN-FLIGHT: maintainers on their way to the node (a moving maintainer stays on\n"
+               "  its origin's row until it has stopped there).\n");
+    int bootstrapping = json_is_true(json_object_get(res.json, "bootstrapping"));
+    if (bootstrapping)
+        printf("coordinator: bootstrapping after a restart — nodes are reporting back; the liveness "
+               "and counts above are provisional (a node whose drain was saved shows alive until "
+               "its drain resumes) and drains wait\n");
     if (jint(res.json, "tasks_waiting") > 0) {
         const char *why = jstr(res.json, "waiting_reason", "");
         printf("waiting: %lld maintainers have no node%s%s\n", jint(res.json, "tasks_waiting"),
                why[0] ? ": " : "", why);
     }
-    sl_client_response_free(&res);
     int rc = 0;
-    if (target == NULL) {
+    if (bootstrapping || drain_not_ready) {
+        /* D4: the drain restored from the store resumes only when bootstrap ends; until
+         * then neither the node list nor GET …/drain (503) can tell whether there is one */
+        printf("drain: not known yet — the coordinator is bootstrapping; a drain saved before the "
+               "restart resumes when bootstrap ends (by default within the node timeout, 10 s): "
+               "run sluice status again then\n");
+    } else if (have_drain) {
+        char line[1024];
+        sl_cmd_drain_line(drain.json, line, sizeof line);
+        printf("drain: %s\n", line);
+    } else if (target[0]) {
+        rc = 1; /* said on stderr */
+    } else {
         printf("drain: none running%s%s%s\n", stopping[0] ? " (stopping: " : "", stopping,
                stopping[0] ? ")" : "");
-    } else {
-        char path[512], esc[200];
-        sl_client_escape(target, esc, sizeof esc);
-        snprintf(path, sizeof path, "/api/v2/captures/%s/drain", esc);
-        if (sl_cmd_get_json(&c, "GET", path, NULL, &res) != 0) {
-            rc = 1;
-        } else {
-            char line[1024];
-            sl_cmd_drain_line(res.json, line, sizeof line);
-            printf("drain: %s\n", line);
-            sl_client_response_free(&res);
-        }
     }
+    if (have_drain)
+        sl_client_response_free(&drain);
+    sl_client_response_free(&res);
     sl_client_close(&c);
     return rc;
 }
