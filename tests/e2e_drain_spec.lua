@@ -220,4 +220,32 @@ describe("e2e drain", function()
     end)
     h:settle(CF, TABLES, 20)
   end)
+  it("A5/O5: a coordinator down for longer than the fence (kill -9, restarted 4 s later) interrupts no task", function()
+    -- the nodes saw it close their connections and then refuse new ones: no coordinator
+    -- runs, none can place their tasks, so they keep them and report to the new one
+    if skip_without_curl() then return end
+    -- a bootstrap of 5 s (the default is the node timeout): the nodes may wait 60% of it
+    -- past the last refusal for a new coordinator's welcome — ample for one to start on a
+    -- loaded machine
+    h = D.new({ serve_flags = "--bootstrap-ms 5000" })
+    h:cluster(3, CF, TABLES)
+    local starts = {}
+    for id in pairs(h.agents) do starts[id] = h:state(id).starts end
+    h:kill(h.serve_pid, "KILL")
+    assert.is_true(h:reap(h.serve_pid, 5))
+    D.sleep(4) -- node timeout 4 s here: the fence alone would fire after 2.4 s
+    h:serve()
+    D.wait("the nodes to be back", 15, function()
+      local _, body = h:http("GET", "/api/v2/captures")
+      return type(body) == "table" and body.total == 3 and not body.bootstrapping
+    end)
+    h:settle(CF, TABLES, 15)
+    for id, a in pairs(h.agents) do
+      assert.is_true(D.alive(a.pid), id .. " exited")
+      local log = h:log_of(id)
+      assert.falsy(log:match("stopping every task here"), id .. " fenced: " .. log)
+      assert.matches("the coordinator is not running", log, 1, true)
+      assert.are.equal(starts[id], h:state(id).starts, id .. " started tasks again: " .. log)
+    end
+  end)
 end)

@@ -201,7 +201,12 @@ describe("e2e graceful shutdown", function()
   local function wait_exit(id, pid, changefeeds, tables, timeout)
     D.wait(id .. " to exit", timeout, function()
       local ok, why = h:check_single_owner(changefeeds, tables)
-      if not ok and not (why or ""):match("runs on no node") then error(why) end
+      if not ok and not (why or ""):match("runs on no node") then
+        -- what the coordinator and the nodes said, to tell a race from a double owner
+        local logs = { why, "== coordinator", D.read(h.serve_log) or "" }
+        for a in pairs(h.agents) do logs[#logs + 1] = "== " .. a .. "\n" .. (h:log_of(a) or "") end
+        error(table.concat(logs, "\n"))
+      end
       return not running(pid)
     end)
   end

@@ -642,6 +642,7 @@ static void on_hello(conn_t *k, const sl_frame_t *f)
     w.type = SL_FRAME_WELCOME;
     w.version = SL_PROTO_VERSION;
     w.node_timeout_ms = c->cfg.node_timeout_ms ? c->cfg.node_timeout_ms : 10000;
+    w.bootstrap_ms = c->cfg.bootstrap_ms ? c->cfg.bootstrap_ms : w.node_timeout_ms;
     sl_core_stats_t st;
     sl_core_stats(c->core, &st);
     w.epoch = st.epoch;

@@ -72,6 +72,16 @@ struct sl_node {
      * this node stops its tasks (a share of the coordinator's node timeout, from WELCOME) */
     uint64_t last_rx_ms;
     uint64_t fence_ms;
+    /* ...but a coordinator that closed the connection (EOF) and then refuses connections
+     * is not running: none can place this node's tasks, and the next one to start waits
+     * bootstrap_ms for the nodes' reports first. So while connects are refused the tasks
+     * keep running, up to 60% of bootstrap_ms past the latest refusal (a coordinator that
+     * started since then, unreachable, could place them after bootstrap_ms); reconnects
+     * come often enough meanwhile to report within a new coordinator's bootstrap. */
+    int coord_closed; /* the last welcomed connection ended with the coordinator's EOF */
+    int coord_gone;   /* and a connect since was refused */
+    uint64_t last_refused_ms;
+    uint64_t bootstrap_ms; /* from WELCOME */
 
     /* graceful shutdown (sl_node_leave) */
     int leaving;
@@ -451,6 +461,8 @@ static void on_frame(sl_node_t *n, const sl_frame_t *f)
         /* stop the tasks well before the coordinator would place them elsewhere: it counts
          * from the last heartbeat it read, this node from the last frame it read */
         n->fence_ms = (f->node_timeout_ms ? f->node_timeout_ms : 10000) * 6 / 10;
+        n->bootstrap_ms = f->bootstrap_ms ? f->bootstrap_ms : n->fence_ms * 10 / 6;
+        n->coord_closed = n->coord_gone = 0;
         char e[32];
         snprintf(e, sizeof e, "%" PRIu64, f->epoch);
         sl_log(SL_LOG_INFO, "connected to the coordinator", "coordinator", n->coordinator,
@@ -570,6 +582,8 @@ static void schedule_reconnect(sl_node_t *n)
 {
     if (n->closing) return;
     uint64_t b = n->backoff_ms ? n->backoff_ms : n->cfg.reconnect_min_ms;
+    if (n->coord_gone && n->bootstrap_ms && b > n->bootstrap_ms / 10)
+        b = n->bootstrap_ms / 10 > n->cfg.reconnect_min_ms ? n->bootstrap_ms / 10 : n->cfg.reconnect_min_ms;
     /* jitter: between half and all of the backoff, so restarted nodes do not stampede */
     uint64_t wait = b / 2 + (uint64_t)(rand() % (int)(b / 2 + 1));
     n->backoff_ms = b * 2 > n->cfg.reconnect_max_ms ? n->cfg.reconnect_max_ms : b * 2;
@@ -598,10 +612,6 @@ static void conn_drop(sl_node_t *n, const char *why)
     write_state(n);
 }
 
-/* This side closes a connection on which it said LEAVING: the coordinator takes the close
- * for this process's exit (L3 at once) and places its tasks elsewhere. They stop here
- * first, so that none runs twice (O5); this node then has nothing left to drain. */
-
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     nconn_t *k = h->data;
@@ -616,6 +626,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     nconn_t *k = s->data;
     sl_node_t *n = k->node;
     if (nread < 0) {
+        n->coord_closed = nread == UV_EOF && n->ready;
         conn_drop(n, nread == UV_EOF ? "closed by the coordinator" : uv_strerror((int)nread));
         return;
     }
@@ -645,6 +656,13 @@ static void on_connect(uv_connect_t *req, int status)
     nconn_t *k = req->data;
     sl_node_t *n = k->node;
     if (k->closing) return;
+    if (status == UV_ECONNREFUSED && n->coord_closed) {
+        n->last_refused_ms = now_ms(n);
+        if (!n->coord_gone && running_tasks(n) > 0)
+            sl_log(SL_LOG_WARN, "the coordinator is not running: the tasks keep running here "
+                   "until it is back (none can be placed elsewhere meanwhile)", NULL);
+        n->coord_gone = 1;
+    }
     if (status < 0) {
         conn_drop(n, uv_strerror(status));
         return;
@@ -734,6 +752,7 @@ static void check_leave(sl_node_t *n, uint64_t now)
 static void fence(sl_node_t *n, uint64_t now)
 {
     if (!n->last_rx_ms || !n->fence_ms || now - n->last_rx_ms < n->fence_ms) return;
+    if (n->coord_gone && now - n->last_refused_ms < n->bootstrap_ms * 6 / 10) return;
     size_t running = running_tasks(n);
     if (running == 0) return;
     char silent[32], count[32];

@@ -28,7 +28,7 @@ typedef struct {
 static const field_t schema_hello[] = {U32(version), STR(token), STR(node), U64(node_epoch),
                                        STR(addr), U8(state), END};
 static const field_t schema_welcome[] = {U32(version), U64(epoch), STR(target),
-                                         U64(node_timeout_ms), END};
+                                         U64(node_timeout_ms), U64(bootstrap_ms), END};
 static const field_t schema_reject[] = {STR(reason), END};
 static const field_t schema_heartbeat[] = {STR(node), U64(epoch), U64(now_ms), END};
 static const field_t schema_start[] = {STR(node), STR(task), U8(kind),   STR(changefeed),

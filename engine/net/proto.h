@@ -22,7 +22,8 @@ typedef enum {
     SL_FRAME_HELLO = 1,     /* node → coordinator: version, token, node, node_epoch, addr,
                              * state (1: this process was told it is Stopping; 0 otherwise) */
     SL_FRAME_WELCOME = 2,   /* coordinator → node: version, epoch (of the drain), target,
-                             * node_timeout_ms (after which a silent node is declared dead) */
+                             * node_timeout_ms (after which a silent node is declared dead),
+                             * bootstrap_ms */
     SL_FRAME_REJECT = 3,    /* coordinator → node: reason (text), then it closes */
     SL_FRAME_HEARTBEAT = 4, /* node → coordinator: node, epoch acknowledged (D5), now; and
                              * coordinator → node every heartbeat interval: it is alive */
@@ -78,6 +79,8 @@ typedef struct {
     uint64_t issuer;    /* AGENT: the maintainer incarnation */
     uint64_t view_version; /* VIEW: grows with every view */
     uint64_t node_timeout_ms; /* WELCOME: the coordinator's node timeout */
+    uint64_t bootstrap_ms;    /* WELCOME: how long a restarted coordinator waits for the nodes'
+                               * reports before it places what they did not report (A5) */
     sl_frame_item_t *items; /* CF_STATUS, MEMBERS: owned by the caller's buffer */
     size_t nitems;
     size_t items_cap; /* how many `items` can hold; the decoder never writes beyond */
