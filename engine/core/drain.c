@@ -233,14 +233,18 @@ void sl_drain__after_round(sl_core_t *core)
     if (atomic_load(&n->liveness) != SL_DRAINING) return;
     if (n->count[SL_TASK_MAINTAINER] || n->count[SL_TASK_DISPATCHER] || n->ops_from || n->ops_to)
         return;
-    if (core->epoch_reported < core->maintained_cfs || core->epoch_remaining) {
-        if (!core->drain_blocked[0])
-            snprintf(core->drain_blocked, sizeof core->drain_blocked,
-                     "waiting for changefeeds: %u of %u reported for epoch %llu, %llu "
-                     "dispatchers left on the target",
-                     core->epoch_reported, core->maintained_cfs,
-                     (unsigned long long)core->record.epoch,
-                     (unsigned long long)core->epoch_remaining);
+    if (core->epoch_reported < core->maintained_cfs) {
+        /* rewritten on every report (they call this), so the count is never stale */
+        snprintf(core->drain_blocked, sizeof core->drain_blocked,
+                 "waiting for changefeeds to report for epoch %llu: %u of %u have",
+                 (unsigned long long)core->record.epoch, core->epoch_reported,
+                 core->maintained_cfs);
+        return;
+    }
+    if (core->epoch_remaining) {
+        /* the maintainers move their dispatchers off (D6): progress, not a block; the
+         * remaining count says how far they are */
+        if (!strncmp(core->drain_blocked, "waiting for changefeeds", 23)) core->drain_blocked[0] = 0;
         return;
     }
     if (persist_liveness(core, n->id, SL_STOPPING) != 0) {
