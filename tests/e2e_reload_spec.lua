@@ -235,7 +235,8 @@ describe("P4: hot reload during a drain (end to end)", function()
     end
     local budget = false
     for _, r in ipairs(info.recent_refusals) do
-      budget = budget or r:find("least_loaded.lua:5: place exceeded its budget", 1, true) ~= nil
+      budget = budget or r:find("least_loaded.lua:5): place exceeded its budget", 1, true) ~= nil
+      assert.falsy(r:find("\n", 1, true), "a refusal is one line: " .. r)
     end
     assert.is_true(budget, cjson.encode(info.recent_refusals))
     -- the coordinator still answers

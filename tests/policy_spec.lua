@@ -498,14 +498,14 @@ describe("P3 refusals name the policy once", function()
         while true do end
       end }]])
     assert.are.equal(1, count(r[1], "policy looper ("), r[1])
-    assert.matches("inline.lua:3: place exceeded its budget of 20 ms", r[1], 1, true)
+    assert.matches("policy looper (inline.lua:3): place exceeded its budget of 20 ms", r[1], 1, true)
   end)
 
   it("P3: a place that raises: one 'policy NAME (', with file:line", function()
     local r = refusals_of([[return { name = "raiser",
       place = function() error("no plan") end }]])
     assert.are.equal(1, count(r[1], "policy raiser ("), r[1])
-    assert.matches("inline.lua:2: no plan", r[1], 1, true)
+    assert.matches("policy raiser (inline.lua:2): no plan", r[1], 1, true)
   end)
 
   it("P3: a malformed value for a task names the task once", function()

@@ -101,6 +101,19 @@ static void refuse(sl_core_t *core, sl_policy_t *p, uint64_t n, const char *task
         sl_core__refuse(core, "policy %s (%s): %s", p->name, p->file, what);
 }
 
+/* A refusal in the policy's own words ("FILE:LINE: what"), framed so that the policy and
+ * its file are named once: "policy NAME (FILE:LINE): what". One line: the Lua traceback
+ * that may follow says nothing more in a list of refusals. */
+static void refuse_said(sl_core_t *core, sl_policy_t *p, uint64_t n, const char *task,
+                        const char *said)
+{
+    char msg[SL_ERRMSG_MAX];
+    sl_policy_message(p, task, said, msg, sizeof msg);
+    msg[strcspn(msg, "\n")] = '\0';
+    core->stats.refusals += n;
+    sl_core__refuse(core, "%s", msg);
+}
+
 /* Acts on one decision. Returns 1 if an operator started. */
 static int act(sl_core_t *core, sl_reason_t reason, int32_t t, int32_t dest)
 {
@@ -202,14 +215,14 @@ void sl_sched__decide(sl_core_t *core, sl_reason_t reason, size_t n, bool dry)
     size_t *fb_index = malloc((n ? n : 1) * sizeof *fb_index);
     if (!refused || !fb || !fb_index) goto done;
     if (rc) {
-        if (!dry) refuse(core, p, n, NULL, rep.message[0] ? rep.message : "place failed");
+        if (!dry) refuse_said(core, p, n, NULL, rep.message[0] ? rep.message : "place failed");
         memset(refused, 1, n);
     } else {
-        if (rep.unasked && !dry) refuse(core, p, rep.unasked, NULL, rep.message);
+        if (rep.unasked && !dry) refuse_said(core, p, rep.unasked, NULL, rep.message);
         for (size_t i = 0; i < n; i++) {
             const sl_decision_t *d = &core->scratch_out[i];
             if (d->error) {
-                if (!dry) refuse(core, p, 1, core->scratch_tasks[i].id, d->error);
+                if (!dry) refuse_said(core, p, 1, core->scratch_tasks[i].id, d->error);
                 refused[i] = 1;
             } else if (d->node) {
                 int32_t dest = check_node(core, p, core->scratch_tasks[i].id, d->node, dry);
@@ -332,7 +345,7 @@ static void drain_order_refresh(sl_core_t *core)
                           .now_ms = core->now_ms};
     core->stats.policy_calls++;
     if (p->ops->drain_order(p, core->scratch_tasks, k, &ctx, order, &norder, &rep) != 0) {
-        refuse(core, p, 1, NULL, rep.message[0] ? rep.message : "drain_order failed");
+        refuse_said(core, p, 1, NULL, rep.message[0] ? rep.message : "drain_order failed");
         norder = 0;
     }
     for (size_t i = 0; i < norder && i < k; i++) {
