@@ -376,8 +376,10 @@ static void pump(sl_node_t *n)
         }
         free(copy);
     }
-    flush_out(n);
+    /* the state file first: once a "stopped" report is out, another node may start the
+     * task at once, and a reader of the state files must never see it in both places */
     write_state(n);
+    flush_out(n);
 }
 
 /* ---- frames from the coordinator ----------------------------------------------------------- */
