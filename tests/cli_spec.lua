@@ -134,6 +134,7 @@ end)
 -- ends without anyone cancelling it (L4, D9), a coordinator that restarts under a watch,
 -- and one that bootstraps while status and drain are run (D4).
 local D = require "support.daemon"
+local cjson = require "cjson"
 
 -- `sluice ARGS` against h; returns what it printed (stdout and stderr) and its exit status.
 local function cli_rc(h, args)
@@ -225,7 +226,7 @@ describe("CLI through a coordinator restart and a lost node (D4, D9, R2, R3)", f
     assert.truthy(said:match("sluice status"), said)
   end)
 
-  it("R3/D4: status while the restarted coordinator bootstraps says the drain is not known yet, not 'none running'", function()
+  it("R3/D4: status while the restarted coordinator bootstraps names the saved drain and when it resumes, not 'none running'", function()
     if not ok then return pending(why) end
     if D.alive(h.serve_pid) then
       h:kill(h.serve_pid, "KILL")
@@ -236,7 +237,12 @@ describe("CLI through a coordinator restart and a lost node (D4, D9, R2, R3)", f
     assert.are.equal(0, rc, st)
     assert.truthy(st:match("coordinator: bootstrapping after a restart"), st)
     assert.falsy(st:match("none running"), st)
-    assert.truthy(st:match("drain: not known yet[^\n]*bootstrapping"), st)
+    local secs = st:match("drain: the drain of n1 %(epoch %d+%) saved before the restart resumes when bootstrap ends, in ([%d.]+) s")
+    assert.truthy(secs, st)
+    assert.is_true(tonumber(secs) > 0 and tonumber(secs) <= 5, st)
+    local _, caps = h:http("GET", "/api/v2/captures")
+    assert.are.equal("n1", caps.recovered_drain.capture_id, cjson.encode(caps))
+    assert.is_true(caps.bootstrap_left_ms <= 5000, cjson.encode(caps))
   end)
 
   it("D4/R2: drain --watch during bootstrap waits out NOT_READY, says so once, and follows the resumed drain to its end", function()
@@ -287,5 +293,9 @@ describe("CLI through a coordinator restart and a lost node (D4, D9, R2, R3)", f
     local said = read(log)
     assert.are_not.equal(0, rc, said)
     assert.truthy(said:match("n3 was lost during its drain: the target left the cluster %(D9%)"), said)
+    -- D11: n3 is in no row any more; status still says how the latest drain ended
+    local st = cli_rc(h, "status")
+    assert.truthy(st:match("drain: none running"), st)
+    assert.truthy(st:match("last drain: n3 lost %(epoch %d+%): the target left the cluster %(D9%)"), st)
   end)
 end)

@@ -293,9 +293,20 @@ int sl_cmd_status(int argc, char **argv)
                why[0] ? ": " : "", why);
     }
     int rc = 0;
-    if (bootstrapping || drain_not_ready) {
-        /* D4: the drain restored from the store resumes only when bootstrap ends; until
-         * then neither the node list nor GET …/drain (503) can tell whether there is one */
+    json_t *restored = json_object_get(res.json, "recovered_drain");
+    json_t *boot_left = json_object_get(res.json, "bootstrap_left_ms");
+    if (bootstrapping && json_is_integer(boot_left)) {
+        /* D4: the drain restored from the store resumes when bootstrap ends */
+        double s = (double)json_integer_value(boot_left) / 1000.0;
+        if (json_is_object(restored))
+            printf("drain: the drain of %s (epoch %lld) saved before the restart resumes when "
+                   "bootstrap ends, in %.1f s (if %s is back by then)\n",
+                   jstr(restored, "capture_id", "?"), jint(restored, "epoch"), s,
+                   jstr(restored, "capture_id", "?"));
+        else
+            printf("drain: none was saved before the restart; bootstrap ends in %.1f s\n", s);
+    } else if (bootstrapping || drain_not_ready) {
+        /* neither the node list nor GET …/drain (503) can tell whether there is one */
         printf("drain: not known yet — the coordinator is bootstrapping; a drain saved before the "
                "restart resumes when bootstrap ends (by default within the node timeout, 10 s): "
                "run sluice status again then\n");
@@ -308,6 +319,13 @@ int sl_cmd_status(int argc, char **argv)
     } else {
         printf("drain: none running%s%s%s\n", stopping[0] ? " (stopping: " : "", stopping,
                stopping[0] ? ")" : "");
+        /* D11: how the latest one ended — a lost target (D9) is in no row any more */
+        json_t *last = json_object_get(res.json, "last_drain");
+        if (json_is_object(last)) {
+            const char *why = jstr(last, "reason", "");
+            printf("last drain: %s %s (epoch %lld)%s%s\n", jstr(last, "capture_id", "?"),
+                   jstr(last, "state", "?"), jint(last, "epoch"), why[0] ? ": " : "", why);
+        }
     }
     if (have_drain)
         sl_client_response_free(&drain);

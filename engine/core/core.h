@@ -173,6 +173,14 @@ void sl_core_set_store(sl_core_t *core, sl_store_t *store);
  * its record is cleared (D4). */
 int sl_core_recover(sl_core_t *core, uint64_t now_ms);
 int sl_core_bootstrapping(sl_core_t *core);
+/* While bootstrapping: how long it still lasts, and the drain read back from the store
+ * (target "" when none), which resumes when it ends if its target came back. Returns 1
+ * while bootstrapping, else 0 and nothing is filled. */
+int sl_core_bootstrap_info(sl_core_t *core, uint64_t now_ms, uint64_t *left_ms,
+                           const char **drain_target, uint64_t *drain_epoch);
+/* D11: the node of the latest drain that ended (completed, cancelled, lost), or NULL;
+ * sl_core_drain_status tells how it ended. */
+const char *sl_core_drain_last_ended(sl_core_t *core);
 /* D4/L1: node `id` is about to join as a process that was never Stopping (a new one: it
  * says so in its HELLO). A Stopping mark stored for that id belongs to an earlier process,
  * so it is forgotten and removed from the store, and the node joins Alive. */

@@ -503,6 +503,23 @@ int sl_core_bootstrapping(sl_core_t *core)
     return core->bootstrapping;
 }
 
+int sl_core_bootstrap_info(sl_core_t *core, uint64_t now_ms, uint64_t *left_ms,
+                           const char **drain_target, uint64_t *drain_epoch)
+{
+    if (!core->bootstrapping) return 0;
+    *left_ms = core->bootstrap_until_ms > now_ms ? core->bootstrap_until_ms - now_ms : 0;
+    *drain_target = core->recovered.target;
+    *drain_epoch = core->recovered.epoch;
+    return 1;
+}
+
+const char *sl_core_drain_last_ended(sl_core_t *core)
+{
+    for (size_t i = 0; i < core->nhistory; i++)
+        if (core->history[i].state != SL_DRAIN_DRAINING) return core->history[i].target;
+    return NULL;
+}
+
 /* ---- D11 / D12 -------------------------------------------------------------------------- */
 
 /* What a changefeed still has on the target: its report for this epoch, or, before it

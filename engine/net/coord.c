@@ -1121,11 +1121,30 @@ static void h_captures(void *arg, const sl_http_request_t *req, sl_http_response
      * still hearing back from the nodes after a restart (its counts are partial then) */
     sl_core_stats_t st;
     sl_core_stats(c->core, &st);
-    sl_http_respond_json(res, 200, json_pack("{s:o,s:i,s:i,s:s,s:b}", "items", items, "total",
-                                             (int)json_array_size(items), "tasks_waiting",
-                                             (int)st.absent, "waiting_reason",
-                                             st.waiting ? st.waiting : "", "bootstrapping",
-                                             sl_core_bootstrapping(c->core)));
+    json_t *o = json_pack("{s:o,s:i,s:i,s:s,s:b}", "items", items, "total",
+                          (int)json_array_size(items), "tasks_waiting", (int)st.absent,
+                          "waiting_reason", st.waiting ? st.waiting : "", "bootstrapping",
+                          sl_core_bootstrapping(c->core));
+    uint64_t now = now_ms(c), left, epoch;
+    const char *restored;
+    if (o && sl_core_bootstrap_info(c->core, now, &left, &restored, &epoch)) {
+        /* D4: what resumes when bootstrap ends, and when that is */
+        json_object_set_new(o, "bootstrap_left_ms", json_integer((json_int_t)left));
+        json_object_set_new(o, "recovered_drain",
+                            restored[0] ? json_pack("{s:s,s:I}", "capture_id", restored, "epoch",
+                                                    (json_int_t)epoch)
+                                        : json_null());
+    }
+    /* D11: how the latest drain ended, also when its node has left (lost, D9) */
+    const char *last = sl_core_drain_last_ended(c->core);
+    sl_drain_status_t ls;
+    if (o && last && sl_core_drain_status(c->core, last, now, &ls) == 0 &&
+        ls.state != SL_DRAIN_NONE && ls.state != SL_DRAIN_DRAINING)
+        json_object_set_new(o, "last_drain",
+                            json_pack("{s:s,s:s,s:I,s:s}", "capture_id", last, "state",
+                                      sl_drain_state_name(ls.state), "epoch", (json_int_t)ls.epoch,
+                                      "reason", ls.blocked ? ls.blocked : ""));
+    sl_http_respond_json(res, 200, o);
 }
 
 static void h_drain_put(void *arg, const sl_http_request_t *req, sl_http_response_t *res)
