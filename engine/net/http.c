@@ -55,6 +55,10 @@ struct sl_http_server {
     unsigned nconns;
     int closing;
     int listener_closed;
+    /* timed-out connections are said at most once a second, with how many more there
+     * were: a crowd of idle or slow clients must not flood the log */
+    uint64_t timeout_logged_ms;
+    unsigned timeouts_unsaid;
     char readbuf[READ_BUF_SIZE]; /* shared: read callbacks consume it synchronously */
 };
 
@@ -187,8 +191,21 @@ static void on_read_timeout(uv_timer_t *t)
     conn_t *c = t->data;
     static const char *const names[] = {"idle keep-alive", "slow headers", "slow body",
                                         "linger"};
-    conn_log(c, c->phase == PH_IDLE ? 0 : 2, "http: connection closed: %s timeout",
-             names[c->phase]);
+    sl_http_server_t *srv = c->srv;
+    uint64_t now = uv_now(srv->loop);
+    if (c->phase == PH_IDLE) {
+        conn_log(c, 0, "http: connection closed: %s timeout", names[c->phase]);
+    } else if (srv->timeout_logged_ms && now - srv->timeout_logged_ms < 1000) {
+        srv->timeouts_unsaid++;
+    } else {
+        if (srv->timeouts_unsaid)
+            conn_log(c, 2, "http: connection closed: %s timeout (and %u more timed out in the "
+                     "last second)", names[c->phase], srv->timeouts_unsaid);
+        else
+            conn_log(c, 2, "http: connection closed: %s timeout", names[c->phase]);
+        srv->timeout_logged_ms = now;
+        srv->timeouts_unsaid = 0;
+    }
     conn_close(c);
 }
 

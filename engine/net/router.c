@@ -344,9 +344,13 @@ void sl_http_router_dispatch(void *arg, const sl_http_request_t *req, sl_http_re
         return;
     }
     if (!found->public_route && !sl_http_bearer_ok(req, router->token)) {
+        const char *a = req->authorization;
+        int bearer = a && !strncasecmp(a, "Bearer", 6) && (a[6] == ' ' || a[6] == '\t');
         sl_http_respond_error(res, 401, "UNAUTHORIZED",
-                              req->authorization ? "wrong bearer token"
-                                                 : "missing Authorization: Bearer <token>");
+                              !a        ? "missing Authorization: Bearer <token>"
+                              : !bearer ? "Authorization must be 'Bearer <token>' (the token "
+                                          "file's content)"
+                                        : "wrong bearer token");
         sl_http_response_header(res, "WWW-Authenticate", "Bearer");
         return;
     }

@@ -49,8 +49,14 @@ static struct {
     char sock_path[100];
     char err[256];
     atomic_int handled;
+    atomic_int timeout_warnings; /* warn-level "timeout" lines the server logged */
     int loop_close_rc;
 } S;
+
+static void on_server_log(void *arg, int level, const char *msg)
+{
+    if (level >= 2 && strstr(msg, "timeout")) atomic_fetch_add(&S.timeout_warnings, 1);
+}
 
 static void h_health(void *arg, const sl_http_request_t *req, sl_http_response_t *res)
 {
@@ -115,6 +121,7 @@ static void *server_main(void *unused)
     cfg.write_timeout_ms = 500;
     cfg.linger_ms = 300;
     cfg.max_write_queue = 64 * 1024;
+    cfg.log = on_server_log;
     uv_loop_init(&S.loop);
     uv_async_init(&S.loop, &S.stop, on_stop);
     if (sl_http_listen(&S.loop, "127.0.0.1:0", &cfg, sl_http_router_dispatch, &router, &S.tcp,
@@ -472,6 +479,9 @@ static void test_basic(void)
               "A3/D1: wrong token: 401");
     TAP_CHECK(request(GET_DRAIN("n1", "Authorization: Bearer " TOKEN "x\r\n"), &r) == 401,
               "A3: token with an extra byte: 401");
+    TAP_CHECK(request(GET_DRAIN("n1", "Authorization: Basic dXNlcjpwYXNz\r\n"), &r) == 401 &&
+                  strstr(r.body, "must be 'Bearer <token>'") && !strstr(r.body, "wrong bearer"),
+              "A3: another scheme (Basic) is told Bearer is wanted, not that its token is wrong");
     TAP_CHECK(request(GET_DRAIN("n%2D1", AUTH), &r) == 200 &&
                   strstr(r.body, "\"capture_id\":\"n-1\""),
               "A3: right token: 200, {capture_id} decoded");
@@ -863,6 +873,28 @@ static void test_listen_errors(void)
     TAP_CHECK(uv_loop_close(&loop) == 0, "failed and closed listeners leave no handle behind");
 }
 
+/* A4/A8: a crowd of slow clients closed by the header timeout is logged at most once a
+ * second, not once per connection */
+static void test_timeout_log_flood(void)
+{
+    usleep(1100 * 1000); /* the previous test's timeouts are more than a second old */
+    int before = atomic_load(&S.timeout_warnings);
+    int fds[20];
+    for (int i = 0; i < 20; i++) {
+        fds[i] = connect_tcp();
+        send_str(fds[i], "GET /api/v2/health HTTP/1.1\r\nHost: t\r\n");
+    }
+    int closed = 0;
+    for (int i = 0; i < 20; i++) {
+        closed += closed_within(fds[i], 3000);
+        close(fds[i]);
+    }
+    int said = atomic_load(&S.timeout_warnings) - before;
+    TAP_CHECK(closed == 20, "A4: 20 slow clients are all cut by the header timeout");
+    TAP_CHECK(said >= 1 && said <= 2, "A8: ...and logged once a second, not 20 times");
+    if (said < 1 || said > 2) printf("# %d warnings for 20 timeouts\n", said);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -883,6 +915,7 @@ int main(void)
     test_limits();
     test_malformed();
     test_slow_clients();
+    test_timeout_log_flood();
     test_concurrent();
     test_max_connections();
     test_expect_continue();
