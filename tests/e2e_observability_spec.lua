@@ -632,6 +632,14 @@ describe("e2e observability: policy counters", function()
     if i.refusals == i2.refusals then assert.are.equal(i.refusals, must(m, "sluice_policy_refusals_total")) end
     assert.is_true(#i2.recent_refusals >= 1)
     assert.truthy(i2.recent_refusals[#i2.recent_refusals]:match('"n9"'), i2.recent_refusals[#i2.recent_refusals])
+    -- A8/P3: the log says so too, as a warning naming the latest reason
+    local said = D.wait("the refusals to be logged", 10, function()
+      local l = grep(serve_lines(h, true), { msg = "policy decisions refused; the built-in policy decided them (P3)" })
+      return #l > 0 and l
+    end)
+    assert.are.equal("warn", said[1].level)
+    assert.truthy(said[1].latest:match('"n9"'), said[1].latest)
+    assert.is_true(tonumber(said[1].count) >= 1)
   end)
 end)
 

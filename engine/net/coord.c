@@ -107,6 +107,9 @@ struct sl_coord {
     uint64_t last_tick_ms, last_keepalive_ms;
     sl_frame_item_t *items; /* decode and encode buffer, SL_PROTO_LIST_MAX */
 
+    /* P3: refusals said in the log, at most every REFUSAL_LOG_MS */
+    uint64_t log_refusals, log_refusals_ms;
+
     /* what the logs last said about the drain */
     char log_target[SL_ID_MAX];
     uint64_t log_epoch;
@@ -927,6 +930,26 @@ static void send_keepalives(sl_coord_t *c, uint64_t now)
         if (k->welcomed && !k->closing) conn_queue(k, &f);
 }
 
+/* P3: refused policy decisions are counted and listed in the API and metrics; the log says
+ * so too (the operator tailing it at 3 a.m. sees a policy misbehave), at most every few
+ * seconds, with how many and the latest reason. */
+#define REFUSAL_LOG_MS 5000
+static void log_refusals(sl_coord_t *c, uint64_t now)
+{
+    sl_core_stats_t st;
+    sl_core_stats(c->core, &st);
+    if (st.refusals <= c->log_refusals) return;
+    if (c->log_refusals_ms && now - c->log_refusals_ms < REFUSAL_LOG_MS) return;
+    size_t n = sl_core_refusal_count(c->core);
+    char count[32], total[32];
+    snprintf(count, sizeof count, "%" PRIu64, st.refusals - c->log_refusals);
+    snprintf(total, sizeof total, "%" PRIu64, st.refusals);
+    sl_log(SL_LOG_WARN, "policy decisions refused; the built-in policy decided them (P3)", "count",
+           count, "total", total, "latest", n ? sl_core_refusal_at(c->core, n - 1) : "", NULL);
+    c->log_refusals = st.refusals;
+    c->log_refusals_ms = now;
+}
+
 static void on_tick(uv_timer_t *t)
 {
     sl_coord_t *c = t->data;
@@ -934,6 +957,7 @@ static void on_tick(uv_timer_t *t)
     forgive_stall(c, now);
     c->last_tick_ms = now;
     sl_core_tick(c->core, now);
+    log_refusals(c, now);
     send_keepalives(c, now);
     if (c->repl) sl_repl_sweep(c->repl); /* R1: idle REPL sessions are closed on time */
     for (conn_t *k = c->conns, *next; k; k = next) {
