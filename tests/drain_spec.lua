@@ -443,6 +443,25 @@ describe("D11 each node's latest drain is remembered", function()
   end)
 end)
 
+describe("D11 an ended drain keeps what it left", function()
+  it("D11: a cancelled drain's remaining counts are those at the cancel, not the node's later ones", function()
+    local c, cl = setup({ "n1", "n2", "n3" }, 6)
+    local r = assert(c:drain_start("n1", cl.now))
+    assert.is_true(r.maintainers > 0)
+    assert(c:drain_cancel("n1", cl.now)) -- before anything moved
+    local at_cancel = c:drain_status("n1", cl.now)
+    assert.are.equal("cancelled", at_cancel.state)
+    assert.are.equal(r.maintainers, at_cancel.remaining_maintainer_count)
+    -- n1 takes new work afterwards: the cancelled drain's figures do not follow it
+    for i = 7, 12 do assert(c:add_task(("cf-%02d"):format(i))) end
+    cl:tick(100); cl:settle()
+    assert.is_true(c:node("n1").maintainers > r.maintainers)
+    local later = c:drain_status("n1", cl.now)
+    assert.are.equal(at_cancel.remaining_maintainer_count, later.remaining_maintainer_count)
+    assert.are.equal(at_cancel.progress, later.progress)
+  end)
+end)
+
 describe("D11 progress against the truest start count", function()
   it("D11: dispatchers reported after the start raise the initial count; progress is measured against it", function()
     local c, cl = setup({ "n1", "n2", "n3" }, 3)

@@ -128,6 +128,7 @@ typedef struct {
     char why[SL_ERRMSG_MAX]; /* why it ended when not by D8 or an operator, or "" */
     uint64_t ended_ms;       /* 0 while it runs */
     uint64_t end_epoch;      /* the epoch its end gave the cluster; 0 until then */
+    uint32_t left_maintainers, left_dispatchers; /* on the node when it ended */
 } sl_drain_past_t;
 
 struct sl_core {

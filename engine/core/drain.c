@@ -67,6 +67,8 @@ static sl_drain_record_t cleared_record(const sl_core_t *core)
     return rec;
 }
 
+static void counts_of(const sl_node_t *n, sl_drain_counts_t *out);
+
 /* The latest drain of node `id` in the history, or NULL. */
 static sl_drain_past_t *past_of(sl_core_t *core, const char *id)
 {
@@ -96,6 +98,13 @@ static void note_past(sl_core_t *core, const char *id, sl_drain_state_t state,
     snprintf(p->why, sizeof p->why, "%s", why ? why : "");
     p->ended_ms = state == SL_DRAIN_DRAINING ? 0 : core->now_ms;
     p->end_epoch = 0;
+    /* what it left on the node, kept: the node may come back as a new process with new
+     * tasks, which are not what this drain left (D11) */
+    sl_drain_counts_t c = {0};
+    sl_node_t *n = sl_core__node(core, id, NULL);
+    if (n && state != SL_DRAIN_DRAINING && state != SL_DRAIN_COMPLETED) counts_of(n, &c);
+    p->left_maintainers = c.maintainers;
+    p->left_dispatchers = c.dispatchers;
 }
 
 void sl_drain__ended(sl_core_t *core, sl_drain_state_t how, const char *why)
@@ -566,12 +575,8 @@ int sl_core_drain_status(sl_core_t *core, const char *id, uint64_t now_ms, sl_dr
     } else if ((past = past_of(core, id)) && past->state != SL_DRAIN_NONE) {
         out->state = past->state;
         rec = &past->record;
-        if (n && past->state != SL_DRAIN_COMPLETED) {
-            sl_drain_counts_t c;
-            counts_of(n, &c);
-            out->remaining_maintainers = c.maintainers;
-            out->remaining_dispatchers = c.dispatchers;
-        }
+        out->remaining_maintainers = past->left_maintainers;
+        out->remaining_dispatchers = past->left_dispatchers;
         out->blocked = past->why; /* "the target left the cluster (D9)", L4, … */
     } else if (n) {
         out->state = SL_DRAIN_NONE;
