@@ -248,4 +248,25 @@ describe("e2e drain", function()
       assert.are.equal(starts[id], h:state(id).starts, id .. " started tasks again: " .. log)
     end
   end)
+  it("P4: an agent's --policy that loops is refused by the load trial; its maintainers use the built-in policy", function()
+    if skip_without_curl() then return end
+    h = D.new()
+    local looper = h.dir .. "/looper.lua"
+    local f = assert(io.open(looper, "w"))
+    f:write('return { name = "looper", place = function() while true do end end }\n')
+    f:close()
+    h:serve()
+    h:agent("n1", nil, "--policy " .. looper)
+    h:agent("n2")
+    D.wait("agents to join", 10, function()
+      local _, body = h:http("GET", "/api/v2/captures")
+      return type(body) == "table" and body.total == 2
+    end)
+    assert.matches('policy not loaded: maintainers use the built%-in policy[^\n]*looper[^\n]*in the load trial', h:log_of("n1"))
+    for i = 1, 2 do
+      assert.are.equal(201, (h:http("POST", "/api/v2/changefeeds",
+        { body = ('{"changefeed_id":"cf%02d","table_count":3}'):format(i) })))
+    end
+    h:settle(2, 3, 20)
+  end)
 end)

@@ -901,9 +901,16 @@ int sl_node_start(uv_loop_t *loop, const sl_node_config_t *cfg, sl_node_t **out,
         sl_policy_limits_t lim;
         sl_policy_limits_default(&lim);
         char e[SL_ERRMSG_MAX];
-        if (sl_policy_lua_load(cfg->policy_path, &lim, &n->policy, e, sizeof e) != 0)
+        if (sl_policy_lua_load(cfg->policy_path, &lim, &n->policy, e, sizeof e) != 0) {
             sl_log(SL_LOG_WARN, "policy not loaded: maintainers use the built-in policy", "error", e,
                    NULL);
+        } else if (sl_policy_trial(n->policy, e, sizeof e) != 0) {
+            /* P4: the same trial the coordinator runs before a policy goes live */
+            sl_log(SL_LOG_WARN, "policy not loaded: maintainers use the built-in policy", "error", e,
+                   NULL);
+            sl_policy_free(n->policy);
+            n->policy = NULL;
+        }
     }
     if ((rc = new_agent(n, err, errlen)) != 0) goto fail;
     uv_timer_init(loop, &n->tick);
