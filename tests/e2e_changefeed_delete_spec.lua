@@ -8,12 +8,7 @@ local D = require "support.daemon"
 
 local NODES, CF, TABLES = 3, 4, 3
 
-local function skip_without_curl()
-  if not D.have_curl() then
-    pending("curl is not installed: the end-to-end specs need it (make deps)")
-    return true
-  end
-end
+local function skip_without_curl() return D.skip_without_curl(pending) end
 
 -- Every task of changefeed `cf` that some node's state file lists, as "node:task"; the
 -- nodes in `dead` (a set) are left out.

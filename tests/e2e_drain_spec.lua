@@ -8,12 +8,7 @@ local cjson = require "cjson"
 
 local CF, TABLES = 6, 3
 
-local function skip_without_curl()
-  if not D.have_curl() then
-    pending("curl is not installed: the end-to-end specs need it (make deps)")
-    return true
-  end
-end
+local function skip_without_curl() return D.skip_without_curl(pending) end
 
 local function drain_status(h, id)
   return D.wait("GET drain of " .. id, 10, function()

@@ -8,12 +8,7 @@
 local D = require "support.daemon"
 local cjson = require "cjson"
 
-local function skip_without_curl()
-  if not D.have_curl() then
-    pending("curl is not installed: the end-to-end specs need it (make deps)")
-    return true
-  end
-end
+local function skip_without_curl() return D.skip_without_curl(pending) end
 
 -- ---- Prometheus text exposition (version 0.0.4) ------------------------------------------
 

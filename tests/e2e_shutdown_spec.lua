@@ -14,12 +14,7 @@ local function running(pid)
   return stat ~= nil and stat:match("^%d+ %b() (%a)") ~= "Z"
 end
 
-local function skip_without_curl()
-  if not D.have_curl() then
-    pending("curl is not installed: the end-to-end specs need it (make deps)")
-    return true
-  end
-end
+local function skip_without_curl() return D.skip_without_curl(pending) end
 
 describe("e2e graceful shutdown", function()
   local h

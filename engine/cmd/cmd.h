@@ -32,6 +32,9 @@ int sl_cmd_client_open(const sl_cmd_client_opts_t *o, sl_client_t *c);
 /* A request whose answer must be 2xx JSON; otherwise the error is said on stderr and -1. */
 int sl_cmd_get_json(sl_client_t *c, const char *method, const char *path, json_t *body,
                     sl_client_response_t *res);
+/* An answer in hand: 0 when it is a 2xx JSON response, else -1 with the error printed and
+ * the response freed. */
+int sl_cmd_expect_json(const char *method, const char *path, sl_client_response_t *res);
 /* One line about a D11 drain status object. */
 void sl_cmd_drain_line(json_t *status, char *out, size_t outlen);
 

@@ -236,17 +236,7 @@ static int request_when_ready(sl_client_t *c, const char *method, const char *pa
         }
         sleep_ms(interval_ms);
     }
-    if (res->status < 200 || res->status > 299 || res->json == NULL) {
-        char text[1024];
-        if (res->status >= 200 && res->status <= 299)
-            snprintf(text, sizeof text, "the answer to %s %s is not JSON", method, path);
-        else
-            sl_client_error_text(res, text, sizeof text);
-        fprintf(stderr, "sluice: %s\n", text);
-        sl_client_response_free(res);
-        return -1;
-    }
-    return 0;
+    return sl_cmd_expect_json(method, path, res);
 }
 
 /* D12. The plan's moves are the node's maintainers (the coordinator places only those);

@@ -86,6 +86,11 @@ int sl_cmd_get_json(sl_client_t *c, const char *method, const char *path, json_t
         fprintf(stderr, "sluice: %s\n", err);
         return -1;
     }
+    return sl_cmd_expect_json(method, path, res);
+}
+
+int sl_cmd_expect_json(const char *method, const char *path, sl_client_response_t *res)
+{
     if (res->status < 200 || res->status > 299 || res->json == NULL) {
         char text[1024];
         if (res->status >= 200 && res->status <= 299)

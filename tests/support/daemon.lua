@@ -26,6 +26,14 @@ function D.have_curl()
   return os.execute("command -v curl >/dev/null 2>&1") == true
 end
 
+-- For the first line of an e2e test: true, with the test marked pending (busted's
+-- `pending`, passed in), when curl is missing.
+function D.skip_without_curl(pending)
+  if D.have_curl() then return false end
+  pending("curl is not installed: the end-to-end specs need it (make deps)")
+  return true
+end
+
 function D.sleep(s)
   os.execute("sleep " .. s)
 end
