@@ -462,6 +462,25 @@ describe("D11 an ended drain keeps what it left", function()
   end)
 end)
 
+describe("D11 a new process under a drained id", function()
+  it("D11/D3: a node drained, gone, and back as a new process reads 'none', not its predecessor's 'completed'", function()
+    local c, cl = setup({ "n1", "n2", "n3" }, 4)
+    assert(c:drain_start("n1", cl.now))
+    for _ = 1, 10 do
+      cl:tick(100); cl:settle()
+      report_all(c, cl, 0)
+      if c:drain_status("n1", cl.now).state == "completed" then break end
+    end
+    assert.are.equal("completed", c:drain_status("n1", cl.now).state)
+    assert(cl:leave("n1"))
+    assert(c:join("n1")) -- a new process: Alive, it takes work
+    cl:tick(100); cl:settle()
+    assert.are.equal("alive", c:liveness("n1"))
+    assert.are.equal("none", c:drain_status("n1", cl.now).state)
+    assert.are.equal("EINVAL", code(c.drain_cancel, c, "n1", cl.now)) -- not CAPTURE_STOPPING
+  end)
+end)
+
 describe("D11 progress against the truest start count", function()
   it("D11: dispatchers reported after the start raise the initial count; progress is measured against it", function()
     local c, cl = setup({ "n1", "n2", "n3" }, 3)

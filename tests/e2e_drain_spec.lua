@@ -219,10 +219,9 @@ describe("e2e drain", function()
     -- the nodes saw it close their connections and then refuse new ones: no coordinator
     -- runs, none can place their tasks, so they keep them and report to the new one
     if skip_without_curl() then return end
-    -- a bootstrap of 5 s (the default is the node timeout): the nodes may wait 60% of it
-    -- past the last refusal for a new coordinator's welcome — ample for one to start on a
-    -- loaded machine
-    h = D.new({ serve_flags = "--bootstrap-ms 5000" })
+    -- a bootstrap of 10 s (the default is the node timeout, 4 s here): the nodes keep their
+    -- tasks for 60% of it past the close, 6 s, where the node timeout alone gives 2.4 s
+    h = D.new({ serve_flags = "--bootstrap-ms 10000" })
     h:cluster(3, CF, TABLES)
     local starts = {}
     for id in pairs(h.agents) do starts[id] = h:state(id).starts end
@@ -230,7 +229,7 @@ describe("e2e drain", function()
     assert.is_true(h:reap(h.serve_pid, 5))
     D.sleep(4) -- node timeout 4 s here: the fence alone would fire after 2.4 s
     h:serve()
-    D.wait("the nodes to be back", 15, function()
+    D.wait("the nodes to be back", 25, function()
       local _, body = h:http("GET", "/api/v2/captures")
       return type(body) == "table" and body.total == 3 and not body.bootstrapping
     end)

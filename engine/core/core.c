@@ -159,6 +159,7 @@ void sl_core_free(sl_core_t *core)
     sl_ivec_free(&core->op_free);
     sl_ivec_free(&core->op_order);
     sl_ivec_free(&core->remove_queue);
+    free(core->history);
     sl_ivec_free(&core->drain_queue);
     sl_policy_free(core->builtin);
     free(core);

@@ -178,9 +178,10 @@ int sl_core_bootstrapping(sl_core_t *core);
  * while bootstrapping, else 0 and nothing is filled. */
 int sl_core_bootstrap_info(sl_core_t *core, uint64_t now_ms, uint64_t *left_ms,
                            const char **drain_target, uint64_t *drain_epoch);
-/* D11: the node of the latest drain that ended (completed, cancelled, lost), or NULL;
- * sl_core_drain_status tells how it ended. */
-const char *sl_core_drain_last_ended(sl_core_t *core);
+/* D11: the latest drain that ended (completed, cancelled, lost), also when its node has
+ * left or a new process joined under its id since: its node id, with *out filled; or
+ * NULL. */
+const char *sl_core_drain_last(sl_core_t *core, uint64_t now_ms, sl_drain_status_t *out);
 /* D4/L1: node `id` is about to join as a process that was never Stopping (a new one: it
  * says so in its HELLO). A Stopping mark stored for that id belongs to an earlier process,
  * so it is forgotten and removed from the store, and the node joins Alive. */

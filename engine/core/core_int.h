@@ -129,6 +129,7 @@ typedef struct {
     uint64_t ended_ms;       /* 0 while it runs */
     uint64_t end_epoch;      /* the epoch its end gave the cluster; 0 until then */
     uint32_t left_maintainers, left_dispatchers; /* on the node when it ended */
+    uint64_t join_seq; /* of the node drained: a later process under the id is not it */
 } sl_drain_past_t;
 
 struct sl_core {
@@ -176,7 +177,8 @@ struct sl_core {
     bool drain_controlled;    /* the target was set by sl_core_drain_start (D8 applies) */
     /* the latest drain of each of the last SL_DRAIN_HISTORY nodes drained, newest first:
      * GET …/drain of a node drained earlier still says how its drain ended (D11) */
-    sl_drain_past_t history[SL_DRAIN_HISTORY];
+    sl_drain_past_t *history; /* SL_DRAIN_HISTORY entries, allocated by the first drain (a
+                               * maintainer's core in an agent never drains: ~11 KB saved) */
     size_t nhistory;
     char drain_blocked[SL_ERRMSG_MAX];
     uint64_t join_seq;

@@ -82,6 +82,8 @@ static sl_drain_past_t *past_of(sl_core_t *core, const char *id)
 static void note_past(sl_core_t *core, const char *id, sl_drain_state_t state,
                       const sl_drain_record_t *rec, const char *why)
 {
+    if (!core->history && !(core->history = calloc(SL_DRAIN_HISTORY, sizeof *core->history)))
+        return; /* out of memory: the drain goes on; only its history is not kept */
     size_t i = 0;
     while (i < core->nhistory && strcmp(core->history[i].target, id)) i++;
     if (i == core->nhistory) {
@@ -103,6 +105,7 @@ static void note_past(sl_core_t *core, const char *id, sl_drain_state_t state,
     sl_drain_counts_t c = {0};
     sl_node_t *n = sl_core__node(core, id, NULL);
     if (n && state != SL_DRAIN_DRAINING && state != SL_DRAIN_COMPLETED) counts_of(n, &c);
+    p->join_seq = n ? n->join_seq : 0;
     p->left_maintainers = c.maintainers;
     p->left_dispatchers = c.dispatchers;
 }
@@ -210,7 +213,7 @@ int sl_core_drain_cancel(sl_core_t *core, const char *id, uint64_t now_ms)
     int32_t slot;
     sl_node_t *n = sl_core__node(core, id, &slot);
     const sl_drain_past_t *past = past_of(core, id);
-    bool completed = past && past->state == SL_DRAIN_COMPLETED;
+    bool completed = past && past->state == SL_DRAIN_COMPLETED && (!n || n->join_seq == past->join_seq);
     if (!n) return completed ? SL_ESTOPPING : SL_ENOENT;
     if (slot != core->drain_target || !core->drain_controlled) {
         if (completed || atomic_load(&n->liveness) == SL_STOPPING) return SL_ESTOPPING;
@@ -522,12 +525,7 @@ int sl_core_bootstrap_info(sl_core_t *core, uint64_t now_ms, uint64_t *left_ms,
     return 1;
 }
 
-const char *sl_core_drain_last_ended(sl_core_t *core)
-{
-    for (size_t i = 0; i < core->nhistory; i++)
-        if (core->history[i].state != SL_DRAIN_DRAINING) return core->history[i].target;
-    return NULL;
-}
+
 
 /* ---- D11 / D12 -------------------------------------------------------------------------- */
 
@@ -542,7 +540,29 @@ static uint32_t cf_remaining(const sl_core_t *core, const sl_cf_t *r, int32_t ta
     return 0;
 }
 
+/* any_process: the latest drain of the id, also when a later process joined under it
+ * since (what the cluster's history says); otherwise only the current process's. */
+static int drain_status(sl_core_t *core, const char *id, uint64_t now_ms, bool any_process,
+                        sl_drain_status_t *out);
+
 int sl_core_drain_status(sl_core_t *core, const char *id, uint64_t now_ms, sl_drain_status_t *out)
+{
+    return drain_status(core, id, now_ms, false, out);
+}
+
+const char *sl_core_drain_last(sl_core_t *core, uint64_t now_ms, sl_drain_status_t *out)
+{
+    for (size_t i = 0; i < core->nhistory; i++) {
+        const char *id = core->history[i].target;
+        if (core->history[i].state != SL_DRAIN_DRAINING &&
+            drain_status(core, id, now_ms, true, out) == 0)
+            return id;
+    }
+    return NULL;
+}
+
+static int drain_status(sl_core_t *core, const char *id, uint64_t now_ms, bool any_process,
+                        sl_drain_status_t *out)
 {
     if (now_ms > core->now_ms) core->now_ms = now_ms;
     memset(out, 0, sizeof *out);
@@ -572,7 +592,12 @@ int sl_core_drain_status(sl_core_t *core, const char *id, uint64_t now_ms, sl_dr
         /* D8: before completion the answer is never "nothing left" */
         if (!out->remaining_maintainers && !out->remaining_dispatchers) out->remaining_dispatchers = 1;
         out->blocked = core->drain_blocked;
-    } else if ((past = past_of(core, id)) && past->state != SL_DRAIN_NONE) {
+    } else if ((past = past_of(core, id)) && past->state != SL_DRAIN_NONE &&
+               (any_process || past->state != SL_DRAIN_COMPLETED || !n ||
+                n->join_seq == past->join_seq)) {
+        /* (a new process under a drained id — Alive, taking work — is not "completed": that
+         * would read as a node safe to shut down. A lost or cancelled drain is still said:
+         * a watch that polls after the target came back must learn it was lost, D9.) */
         out->state = past->state;
         rec = &past->record;
         out->remaining_maintainers = past->left_maintainers;

@@ -52,6 +52,7 @@ struct conn {
     int welcomed;
     int closing;
     int node_exiting; /* the node said its process ends (LEAVING state 1): nothing runs there */
+    char hello_node[SL_ID_MAX]; /* the id its HELLO named, for the log of a refusal */
     int bootstrap_reported; /* the first heartbeat after HELLO adopts what the node runs */
 };
 
@@ -532,7 +533,8 @@ static void reject(conn_t *k, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(f.reason, sizeof f.reason, fmt, ap);
     va_end(ap);
-    sl_log(SL_LOG_WARN, "node rejected", "peer", k->peer, "reason", f.reason, NULL);
+    sl_log(SL_LOG_WARN, "node rejected", "peer", k->peer, "node", k->hello_node, "reason",
+           f.reason, NULL);
     conn_queue(k, &f);
     conn_flush(k);
     conn_close(k, "rejected");
@@ -563,6 +565,7 @@ static void on_hello(conn_t *k, const sl_frame_t *f)
         return;
     }
     snprintf(k->node, sizeof k->node, "%s", f->node);
+    snprintf(k->hello_node, sizeof k->hello_node, "%s", f->node);
     k->node_epoch = f->node_epoch;
     uint64_t now = now_ms(c);
     peer_t *p = peer_find(c, f->node);
@@ -576,10 +579,13 @@ static void on_hello(conn_t *k, const sl_frame_t *f)
      * started with the same --id. Letting either in makes the two take turns, each
      * "restart" running tasks the other still runs. A connected process that has gone
      * silent (it died and its connection is half-open) is replaced as a restart. */
-    if (p && f->node_epoch < p->node_epoch) {
+    if (p && f->node_epoch < p->node_epoch && !(p->dead && !p->conn)) {
+        /* superseded: a newer process took this id and this one's tasks were placed
+         * elsewhere, so it must restart empty ("expelled", as a node declared dead). (A
+         * dead id is let in: a restart after the wall clock stepped back is no duplicate.) */
         k->node[0] = 0;
-        reject(k, "node %s: node epoch %" PRIu64 " is older than the one this coordinator knows "
-                  "(%" PRIu64 "): is another agent running with --id %s?",
+        reject(k, "expelled: node %s: node epoch %" PRIu64 " is older than the one this "
+                  "coordinator knows (%" PRIu64 "): is another agent running with --id %s?",
                f->node, f->node_epoch, p->node_epoch, f->node);
         return;
     }
@@ -632,9 +638,11 @@ static void on_hello(conn_t *k, const sl_frame_t *f)
         reject(k, "out of memory");
         return;
     }
+    /* the same process reconnecting keeps its shutdown as it was: an operator's cancel of
+     * its drain stays obeyed when it says LEAVING again (L1) */
+    if (p->node_epoch != f->node_epoch) p->leaving = p->leave_waiting = p->leave_started = 0;
     p->node_epoch = f->node_epoch;
     p->dead = 0;
-    p->leaving = p->leave_waiting = p->leave_started = 0;
     p->conn = k;
     p->last_heartbeat_ms = now;
     sl_core_heartbeat(c->core, f->node, 0, now);
@@ -1160,10 +1168,9 @@ static void h_captures(void *arg, const sl_http_request_t *req, sl_http_response
                                         : json_null());
     }
     /* D11: how the latest drain ended, also when its node has left (lost, D9) */
-    const char *last = sl_core_drain_last_ended(c->core);
     sl_drain_status_t ls;
-    if (o && last && sl_core_drain_status(c->core, last, now, &ls) == 0 &&
-        ls.state != SL_DRAIN_NONE && ls.state != SL_DRAIN_DRAINING)
+    const char *last = sl_core_drain_last(c->core, now, &ls);
+    if (o && last && ls.state != SL_DRAIN_NONE && ls.state != SL_DRAIN_DRAINING)
         json_object_set_new(o, "last_drain",
                             json_pack("{s:s,s:s,s:I,s:s}", "capture_id", last, "state",
                                       sl_drain_state_name(ls.state), "epoch", (json_int_t)ls.epoch,

@@ -66,6 +66,7 @@ struct sl_node {
     uint64_t state_sig;
     int open_handles;
     int closing;
+    int exiting; /* sl_node_close: the tasks end with the process */
     uint64_t starts, stops;
 
     /* O5 fencing: when the coordinator was last heard from, and after how long of silence
@@ -73,14 +74,15 @@ struct sl_node {
     uint64_t last_rx_ms;
     uint64_t fence_ms;
     /* ...but a coordinator that closed the connection (EOF) and then refuses connections
-     * is not running: none can place this node's tasks, and the next one to start waits
-     * bootstrap_ms for the nodes' reports first. So while connects are refused the tasks
-     * keep running, up to 60% of bootstrap_ms past the latest refusal (a coordinator that
-     * started since then, unreachable, could place them after bootstrap_ms); reconnects
-     * come often enough meanwhile to report within a new coordinator's bootstrap. */
+     * has exited: it places nothing, and the next one — started after that close, on this
+     * address or another — waits bootstrap_ms for the nodes' reports before it places
+     * what they did not report. So the tasks keep running up to 60% of bootstrap_ms past
+     * the close (not the node timeout past the last frame), and reconnects come often
+     * enough to report within a new coordinator's bootstrap. This assumes the next
+     * coordinator's --bootstrap-ms is not shorter than the one this node was told. */
     int coord_closed; /* the last welcomed connection ended with the coordinator's EOF */
     int coord_gone;   /* and a connect since was refused */
-    uint64_t last_refused_ms;
+    uint64_t closed_ms;    /* when that EOF came */
     uint64_t bootstrap_ms; /* from WELCOME */
 
     /* graceful shutdown (sl_node_leave) */
@@ -316,6 +318,7 @@ static void write_state(sl_node_t *n)
     uint64_t h = 1469598103934665603ull;
 #define MIX(v) (h = (h ^ (uint64_t)(v)) * 1099511628211ull)
     MIX(n->ready);
+    MIX(n->exiting);
     MIX(sl_agent_liveness(n->agent));
     MIX(sl_agent_drain_epoch(n->agent));
     size_t total = sl_agent_task_count(n->agent);
@@ -333,7 +336,8 @@ static void write_state(sl_node_t *n)
     for (size_t i = 0; i < total; i++) {
         sl_agent_task_t t;
         sl_agent_task_state_t st;
-        if (sl_agent_task_at(n->agent, i, &t, &st) || st == SL_AGENT_STOPPED) continue;
+        if (n->exiting || sl_agent_task_at(n->agent, i, &t, &st) || st == SL_AGENT_STOPPED)
+            continue;
         /* starting, running or stopping: the task exists here (never two owners) */
         json_array_append_new(t.kind == SL_TASK_MAINTAINER ? maint : disp, json_string(t.id));
     }
@@ -433,7 +437,9 @@ static void send_bootstrap_heartbeat(sl_node_t *n)
 static void on_frame(sl_node_t *n, const sl_frame_t *f)
 {
     uint64_t now = now_ms(n);
-    n->last_rx_ms = now;
+    /* O5: only a coordinator that took this node in speaks for it; a REJECT (or anything
+     * before WELCOME) says nothing about whether its tasks are still its own */
+    if (n->ready || f->type == SL_FRAME_WELCOME) n->last_rx_ms = now;
     if (!n->ready) {
         if (f->type == SL_FRAME_REJECT) {
             if (!strncmp(f->reason, "expelled", 8)) {
@@ -629,6 +635,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     sl_node_t *n = k->node;
     if (nread < 0) {
         n->coord_closed = nread == UV_EOF && n->ready;
+        if (n->coord_closed) n->closed_ms = now_ms(n);
         conn_drop(n, nread == UV_EOF ? "closed by the coordinator" : uv_strerror((int)nread));
         return;
     }
@@ -659,10 +666,13 @@ static void on_connect(uv_connect_t *req, int status)
     sl_node_t *n = k->node;
     if (k->closing) return;
     if (status == UV_ECONNREFUSED && n->coord_closed) {
-        n->last_refused_ms = now_ms(n);
-        if (!n->coord_gone && running_tasks(n) > 0)
+        if (!n->coord_gone && running_tasks(n) > 0) {
+            char grace[32];
+            snprintf(grace, sizeof grace, "%" PRIu64, n->bootstrap_ms * 6 / 10);
             sl_log(SL_LOG_WARN, "the coordinator is not running: the tasks keep running here "
-                   "until it is back (none can be placed elsewhere meanwhile)", NULL);
+                   "while a restarted one would still wait for this node's report", "grace_ms",
+                   grace, NULL);
+        }
         n->coord_gone = 1;
     }
     if (status < 0) {
@@ -754,7 +764,7 @@ static void check_leave(sl_node_t *n, uint64_t now)
 static void fence(sl_node_t *n, uint64_t now)
 {
     if (!n->last_rx_ms || !n->fence_ms || now - n->last_rx_ms < n->fence_ms) return;
-    if (n->coord_gone && now - n->last_refused_ms < n->bootstrap_ms * 6 / 10) return;
+    if (n->coord_gone && now - n->closed_ms < n->bootstrap_ms * 6 / 10) return;
     size_t running = running_tasks(n);
     if (running == 0) return;
     char silent[32], count[32];
@@ -940,6 +950,10 @@ fail:
 void sl_node_close(sl_node_t *n)
 {
     if (!n || n->closing) return;
+    /* the state file first says nothing runs here (the tasks end with the process), then
+     * the coordinator hears it and may start them elsewhere at once */
+    n->exiting = 1;
+    write_state(n);
     if (n->ready) {
         /* L1/L3: the process ends and its tasks with it — said, so the coordinator places
          * them at once instead of after the node timeout. Only this word counts as an exit

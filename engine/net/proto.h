@@ -13,7 +13,7 @@
 
 #include "../common.h"
 
-#define SL_PROTO_VERSION 1
+#define SL_PROTO_VERSION 2 /* 2: WELCOME bootstrap_ms, LEAVING state */
 #define SL_PROTO_FRAME_MAX (1u << 20) /* default limit of one frame */
 #define SL_PROTO_LIST_MAX 4096        /* items in one list */
 #define SL_PROTO_TOKEN_MAX 256

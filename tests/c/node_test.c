@@ -23,6 +23,7 @@ typedef struct {
     uv_tcp_t server;
     int port;
     int up;         /* 0: every connection is closed at once (a coordinator that is away) */
+    const char *reject; /* set: every HELLO is answered REJECT with this reason */
     uv_tcp_t *conn; /* the node's connection, once accepted */
     sl_proto_reader_t rd;
     uint64_t node_timeout_ms;
@@ -83,7 +84,12 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 
 static void on_frame(fake_t *c, const sl_frame_t *f)
 {
-    if (f->type == SL_FRAME_HELLO) {
+    if (f->type == SL_FRAME_HELLO && c->reject) {
+        c->hellos++;
+        sl_frame_t r = {.type = SL_FRAME_REJECT};
+        snprintf(r.reason, sizeof r.reason, "%s", c->reject);
+        fake_send(c, &r);
+    } else if (f->type == SL_FRAME_HELLO) {
         c->hellos++;
         c->hello_epoch = f->node_epoch;
         sl_frame_t w = {.type = SL_FRAME_WELCOME, .version = SL_PROTO_VERSION,
@@ -369,6 +375,21 @@ static void test_deadline_while_away(void)
     world_end(&w);
 }
 
+/* O5: a coordinator that only rejects this node (a token rotated, the id taken by another
+ * process) says nothing for its tasks: the fence still fires on time */
+static void test_rejects_do_not_hold_the_fence(void)
+{
+    world_t w;
+    TAP_CHECK(world_start(&w, 500) == 0, "node starts"); /* fences after 300 ms of silence */
+    TAP_CHECK(connected_running(&w), "the node connects and runs a maintainer");
+    w.coord.reject = "node n1 is already connected";
+    int hellos = w.coord.hellos;
+    fake_drop(&w.coord);
+    TAP_CHECK(RUN_UNTIL(&w, w.coord.hellos >= hellos + 2 && state_is(&w, 0, 0), 5000),
+              "O5: rejected again and again, it still stops its tasks once the fence is due");
+    world_end(&w);
+}
+
 /* L1/L3: a node that closes says its process ends, before its connection closes — the
  * coordinator takes only this word for an exit, never a connection that merely closed */
 static void test_close_says_exiting(void)
@@ -394,5 +415,6 @@ int main(void)
     test_nothing_to_drain();
     test_deadline_while_away();
     test_close_says_exiting();
+    test_rejects_do_not_hold_the_fence();
     return TAP_DONE();
 }
