@@ -141,7 +141,7 @@ describe("e2e changefeed delete", function()
   end)
   it("A2: a changefeed deleted while its maintainer's node is dead: its dispatchers elsewhere are still stopped", function()
     if skip_without_curl() then return end
-    h = D.new()
+    h = D.new({ env = { SLUICE_LOG = "debug" } }) -- the agents log every task they start
     h:cluster(NODES, CF, TABLES)
     -- a changefeed whose maintainer runs on one node and some table dispatcher on another
     local cf, host
@@ -161,6 +161,8 @@ describe("e2e changefeed delete", function()
     assert.is_string(cf, "no changefeed with a dispatcher away from its maintainer")
     h:kill(h.agents[host].pid, "KILL")
     assert.is_true(h:reap(h.agents[host].pid, 5))
+    local logged = {}
+    for id in pairs(h.agents) do logged[id] = #h:log_of(id) end
     local code = h:http("DELETE", "/api/v2/changefeeds/" .. cf)
     assert.are.equal(202, code)
     -- the dead node is declared dead after the node timeout (4 s here); the maintainer is
@@ -172,5 +174,13 @@ describe("e2e changefeed delete", function()
     -- and it stays gone: nothing of it comes back on the live nodes
     D.sleep(1)
     assert.are.same({}, listed(h, cf, dead))
+    -- the maintainer placed again only to sweep started no dispatcher of the deleted
+    -- changefeed, not even for a moment: no trigger, no table placed (A2)
+    for id in pairs(h.agents) do
+      if not dead[id] then
+        local since = h:log_of(id):sub(logged[id] + 1)
+        assert.falsy(since:match('msg="task started"[^\n]*task=' .. cf .. "/"), id .. ": " .. since)
+      end
+    end
   end)
 end)

@@ -555,6 +555,16 @@ static void maint_finish_bootstrap(sl_agent_t *a, maint_t *m)
         sl_core_task_add(m->core, id, SL_TASK_DISPATCHER, m->cf, 1);
     }
     m->njoined = 0; /* from here on `joined` is what the core knows */
+    if (m->sweep) {
+        /* A2: deleted: what runs nowhere goes before the reports are adopted, so that no
+         * round they set off places it */
+        for (uint32_t i = 1; i <= m->tables; i++) {
+            dispatcher_id(id, m->cf, i);
+            bool runs = false;
+            for (size_t j = 0; j < m->nfound && !runs; j++) runs = !strcmp(m->found[j].id, id);
+            if (!runs) sl_core_task_remove(m->core, id);
+        }
+    }
     maint_sync_nodes(a, m);
     /* adopt what runs before anything can schedule (marking a target runs a round) */
     for (size_t i = 0; i < m->nfound; i++)
@@ -600,10 +610,14 @@ static void maint_start(sl_agent_t *a, task_t *t)
     cfview_t *c = cf_get(a, m->cf);
     if (c && c->issuer >= m->incarnation) m->incarnation = c->issuer + 1;
     a->maints[a->nmaints++] = m;
+    if (t->removed) { /* A2: its changefeed is deleted: it sweeps from the start */
+        m->sweep = true;
+        a->nsweeps++;
+    }
     /* D7: the table trigger dispatcher starts here, with the maintainer */
     char tid[SL_ID_MAX];
     trigger_id(tid, m->cf);
-    task_t *trig = t->want ? task_get(a, tid, SL_TASK_DISPATCHER, m->cf, 1, true) : NULL;
+    task_t *trig = t->want && !t->removed ? task_get(a, tid, SL_TASK_DISPATCHER, m->cf, 1, true) : NULL;
     if (trig) { /* (a maintainer started only to sweep a deleted changefeed starts none) */
         trig->want = true;
         if (trig->have == SL_AGENT_STOPPED) {
@@ -803,6 +817,10 @@ static void sweeps_finish(sl_agent_t *a)
             i++;
             continue;
         }
+        if (t->want && t->removed) { /* started only to sweep: it waits for its STOP (A2) */
+            i++;
+            continue;
+        }
         /* either way `m` leaves the list and the next one slides into i */
         if (t->want) {
             t->removed = false;
@@ -950,7 +968,9 @@ int sl_agent_coord_msg(sl_agent_t *agent, const sl_msg_t *m, uint64_t now_ms)
     /* A2: kept until a START (a changefeed created anew under the same id); a retried STOP
      * with the same op_id finds the sweep under way and changes nothing */
     if (m->type == SL_MSG_STOP && m->removed && t->kind == SL_TASK_MAINTAINER) t->removed = true;
-    if (m->type == SL_MSG_START) t->removed = false;
+    /* a START of a deleted changefeed's maintainer (its node died before it swept) starts
+     * it only to sweep: no trigger, no table placed (A2) */
+    if (m->type == SL_MSG_START) t->removed = m->removed && t->kind == SL_TASK_MAINTAINER;
     command(agent, t, m->type == SL_MSG_START);
     sweeps_finish(agent);
     return 0;

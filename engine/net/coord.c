@@ -412,9 +412,9 @@ static void send_outbox(sl_coord_t *c)
             f.kind = (uint8_t)m->kind;
             f.weight = m->weight;
             f.op_id = m->op_id;
-            /* a maintainer stopped for a deleted changefeed takes its dispatchers along */
-            f.state = m->type == SL_MSG_STOP && m->kind == SL_TASK_MAINTAINER &&
-                      cf_index(c, m->changefeed) < 0;
+            /* a maintainer of a deleted changefeed: stopped, it takes its dispatchers
+             * along; started (its node died before it swept), it starts only to sweep */
+            f.state = m->kind == SL_TASK_MAINTAINER && cf_index(c, m->changefeed) < 0;
             if (sl_log_enabled(SL_LOG_DEBUG))
                 sl_logf(SL_LOG_DEBUG, m->type == SL_MSG_START ? "start sent" : "stop sent",
                         "node=%s task=%s op=%" PRIu64, m->node, m->task, m->op_id);

@@ -496,7 +496,7 @@ static void on_frame(sl_node_t *n, const sl_frame_t *f)
         m.op_id = f->op_id;
         m.kind = (sl_task_kind_t)f->kind;
         m.weight = f->weight;
-        m.removed = f->type == SL_FRAME_STOP && f->state == 1;
+        m.removed = f->state == 1; /* START or STOP of a deleted changefeed's maintainer */
         sl_agent_coord_msg(n->agent, &m, now);
         break;
     }

@@ -32,7 +32,7 @@ static const field_t schema_welcome[] = {U32(version), U64(epoch), STR(target),
 static const field_t schema_reject[] = {STR(reason), END};
 static const field_t schema_heartbeat[] = {STR(node), U64(epoch), U64(now_ms), END};
 static const field_t schema_start[] = {STR(node), STR(task), U8(kind),   STR(changefeed),
-                                       U32(weight), U64(op_id), STR(from), END};
+                                       U32(weight), U64(op_id), STR(from), U8(state), END};
 static const field_t schema_stop[] = {STR(node), STR(task), U8(kind), STR(changefeed),
                                       U64(op_id), STR(from), U8(state), END};
 static const field_t schema_report[] = {STR(node), STR(task), U8(kind), STR(changefeed),

@@ -13,7 +13,7 @@
 
 #include "../common.h"
 
-#define SL_PROTO_VERSION 2 /* 2: WELCOME bootstrap_ms, LEAVING state */
+#define SL_PROTO_VERSION 2 /* 2: WELCOME bootstrap_ms, LEAVING state, START state */
 #define SL_PROTO_FRAME_MAX (1u << 20) /* default limit of one frame */
 #define SL_PROTO_LIST_MAX 4096        /* items in one list */
 #define SL_PROTO_TOKEN_MAX 256
@@ -27,7 +27,9 @@ typedef enum {
     SL_FRAME_REJECT = 3,    /* coordinator → node: reason (text), then it closes */
     SL_FRAME_HEARTBEAT = 4, /* node → coordinator: node, epoch acknowledged (D5), now; and
                              * coordinator → node every heartbeat interval: it is alive */
-    SL_FRAME_START = 5,     /* → node: task, kind, changefeed, weight, op_id, from (sender) */
+    SL_FRAME_START = 5,     /* → node: task, kind, changefeed, weight, op_id, from (sender),
+                             * state (1: a deleted changefeed's maintainer, started only to
+                             * stop its dispatchers) */
     SL_FRAME_STOP = 6,      /* → node: task, kind, changefeed, op_id, from, state (1: the
                              * changefeed was deleted — a maintainer stops its dispatchers too) */
     SL_FRAME_REPORT = 7,    /* node →: node, task, kind, changefeed, state (working/stopped) */
