@@ -264,7 +264,10 @@ describe("CLI through a coordinator restart and a lost node (D4, D9, R2, R3)", f
 
   it("R3: mid-drain, the target's row, the drain line and the total tell one story", function()
     if not ok then return pending(why) end
-    local before = tonumber((cli_rc(h, "status")):match("%d+ nodes, %d+ maintainers, (%d+) dispatchers"))
+    -- 6 changefeeds of 10 tables, each with its trigger: the total can dip while moves
+    -- are under way, never exceed it (a status taken before the drain may still be short
+    -- of reports after the restart, so it is no bound)
+    local before = 6 * (10 + 1)
     local _, prc = cli_rc(h, "drain n2")
     assert.are.equal(0, prc)
     local seen = D.wait("a status of n2 mid-drain", 20, function()

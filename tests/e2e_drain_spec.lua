@@ -215,7 +215,7 @@ describe("e2e drain", function()
     end)
     h:settle(CF, TABLES, 20)
   end)
-  it("A5/O5: a coordinator down for longer than the fence (kill -9, restarted 4 s later) interrupts no task", function()
+  it("A5/O5: a coordinator down for longer than the fence (kill -9, restarted 3 s later) interrupts no task", function()
     -- the nodes saw it close their connections and then refuse new ones: no coordinator
     -- runs, none can place their tasks, so they keep them and report to the new one
     if skip_without_curl() then return end
@@ -227,7 +227,7 @@ describe("e2e drain", function()
     for id in pairs(h.agents) do starts[id] = h:state(id).starts end
     h:kill(h.serve_pid, "KILL")
     assert.is_true(h:reap(h.serve_pid, 5))
-    D.sleep(4) -- node timeout 4 s here: the fence alone would fire after 2.4 s
+    D.sleep(3) -- node timeout 4 s here: the fence alone would fire after 2.4 s
     h:serve()
     D.wait("the nodes to be back", 25, function()
       local _, body = h:http("GET", "/api/v2/captures")

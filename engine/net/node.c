@@ -590,8 +590,8 @@ static void schedule_reconnect(sl_node_t *n)
 {
     if (n->closing) return;
     uint64_t b = n->backoff_ms ? n->backoff_ms : n->cfg.reconnect_min_ms;
-    if (n->coord_gone && n->bootstrap_ms && b > n->bootstrap_ms / 10)
-        b = n->bootstrap_ms / 10 > n->cfg.reconnect_min_ms ? n->bootstrap_ms / 10 : n->cfg.reconnect_min_ms;
+    if (n->coord_gone && n->bootstrap_ms && b > n->bootstrap_ms / 20)
+        b = n->bootstrap_ms / 20 > n->cfg.reconnect_min_ms ? n->bootstrap_ms / 20 : n->cfg.reconnect_min_ms;
     /* jitter: between half and all of the backoff, so restarted nodes do not stampede */
     uint64_t wait = b / 2 + (uint64_t)(rand() % (int)(b / 2 + 1));
     n->backoff_ms = b * 2 > n->cfg.reconnect_max_ms ? n->cfg.reconnect_max_ms : b * 2;
