@@ -422,12 +422,7 @@ static void maint_sync(sl_agent_t *a, maint_t *m)
      * node shutting down while its drain waits for its turn (cordoned, L1) */
     for (size_t i = 0; i < m->njoined; i++) {
         const vnode_t *v = view_node(a, m->joined[i].id);
-        sl_node_info_t info;
-        if (v && sl_core_node_info(core, v->id, &info) == 0 && (info.cordoned != 0) != v->cordoned)
-            sl_core_node_cordon(core, v->id, v->cordoned);
-    }
-    for (size_t i = 0; i < m->njoined; i++) {
-        const vnode_t *v = view_node(a, m->joined[i].id);
+        if (v) sl_core_node_cordon(core, v->id, v->cordoned);
         sl_liveness_t l;
         if (!v || v->liveness != SL_STOPPING || sl_core_liveness(core, v->id, &l) || l == SL_STOPPING)
             continue;

@@ -450,9 +450,10 @@ int sl_core_node_set_label(sl_core_t *core, const char *id, const char *key, con
 
 int sl_core_node_cordon(sl_core_t *core, const char *id, int cordoned)
 {
-    sl_core__changed(core);
     sl_node_t *n = sl_core__node(core, id, NULL);
     if (!n) return SL_ENOENT;
+    if (n->cordoned == (cordoned != 0)) return 0; /* as it was: no event */
+    sl_core__changed(core);
     n->cordoned = cordoned != 0;
     return 0;
 }

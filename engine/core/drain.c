@@ -334,6 +334,15 @@ int sl_core_changefeed_report(sl_core_t *core, const char *changefeed, uint64_t 
         }
         r->report_epoch = epoch;
         r->remaining = remaining_on_target;
+        /* the count at the start is what the maintainers had reported by then; reports that
+         * arrive after it (a drain started right after placement) can show more. The most
+         * seen is the truer start, and progress is measured against it. */
+        if (core->drain_target != SL_NONE && core->drain_controlled) {
+            uint64_t seen = core->nodes[core->drain_target].count[SL_TASK_DISPATCHER] +
+                            core->epoch_remaining;
+            if (seen > core->record.initial_dispatchers)
+                core->record.initial_dispatchers = seen > UINT32_MAX ? UINT32_MAX : (uint32_t)seen;
+        }
         sl_drain__after_round(core); /* this report may be the last one D8 waits for */
     }
     return 0;
@@ -584,11 +593,6 @@ static int drain_status(sl_core_t *core, const char *id, uint64_t now_ms, bool a
         for (size_t c = 0; c < core->nchangefeeds; c++)
             if (core->cf_reports[c].maintained) rd += cf_remaining(core, &core->cf_reports[c], slot);
         out->remaining_dispatchers = rd > UINT32_MAX ? UINT32_MAX : (uint32_t)rd;
-        /* the count at the start is what the maintainers had reported by then; reports that
-         * arrive after it (a drain started right after placement) can show more. The most
-         * seen is the truer start, and progress is measured against it. */
-        if (out->remaining_dispatchers > core->record.initial_dispatchers)
-            core->record.initial_dispatchers = out->remaining_dispatchers;
         /* D8: before completion the answer is never "nothing left" */
         if (!out->remaining_maintainers && !out->remaining_dispatchers) out->remaining_dispatchers = 1;
         out->blocked = core->drain_blocked;
