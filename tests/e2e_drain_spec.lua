@@ -223,8 +223,17 @@ describe("e2e drain", function()
     -- tasks for 60% of it past the close, 6 s, where the node timeout alone gives 2.4 s
     h = D.new({ serve_flags = "--bootstrap-ms 10000" })
     h:cluster(3, CF, TABLES)
-    local starts = {}
-    for id in pairs(h.agents) do starts[id] = h:state(id).starts end
+    -- the counters once every start under way has finished (settled placement lists a
+    -- task that is still starting; its start is counted when it is done)
+    local starts = D.wait("the nodes' start counters to stay put", 10, function()
+      local before = {}
+      for id in pairs(h.agents) do before[id] = h:state(id).starts end
+      D.sleep(0.3)
+      for id in pairs(h.agents) do
+        if h:state(id).starts ~= before[id] then return false end
+      end
+      return before
+    end)
     h:kill(h.serve_pid, "KILL")
     assert.is_true(h:reap(h.serve_pid, 5))
     D.sleep(3) -- node timeout 4 s here: the fence alone would fire after 2.4 s
